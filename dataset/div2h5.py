@@ -1,0 +1,280 @@
+"""Pack training images into one HDF5 file, in the format of the authors' ``div2h5.py``.
+
+Training reads thousands of random patches per minute; decoding 2K PNGs for each would
+starve the GPU, so the images are decoded once and stored raw. The layout is the
+authors' (inherited from CARN), so files made by either script work with either reader:
+
+* groups ``HR``, ``X2``, ``X3``, ``X4`` (one per requested scale);
+* in each group one uint8 HxWx3 dataset per image, named ``"0"`` ... ``"N-1"`` in
+  sorted-filename order of the HR images; dataset ``"i"`` of every group is one image.
+
+h5py lists group members alphabetically (``"0", "1", "10", "100", ...``). The authors'
+reader iterates ``.values()`` of HR and LR alike, so it pairs correctly anyway; the
+readers in this repository index by the integer name.
+
+Two sources:
+
+* DIV2K (default): ``DIV2K_{type}_HR/*.png`` and ``DIV2K_{type}_LR_bicubic/X{s}/*x{s}.png``.
+  Each LR must pair by name with an HR (``0001x2.png`` <-> ``0001.png``) and be
+  ``floor(HR / s)`` in size. DIV2K's official LR were made from the HR modcropped to ``s``,
+  so HR sides need not be multiples of ``s``; as the authors do, the HR is stored as is and
+  the reader's aligned crop (``y*s, x*s``) never reaches the few extra pixels.
+* ``--hr_dir``: any folder of HR images (Flickr2K, a handful of photos). Each HR is
+  modcropped to a multiple of every requested scale (``lcm``, 12 for 2/3/4) so one HR group
+  serves all scales, and each LR is made with MATLAB-style ``imresize(hr, 1/s)``.
+
+Run it as the README does (``cd dataset && python div2h5.py``) or from the repository
+root (``python dataset/div2h5.py``). The output is written to a temp file next to it and
+renamed only when complete, so an error or Ctrl-C never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, suppress
+from functools import partial
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script, maybe from dataset/: make the repo's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import h5py
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from dataset.imresize import imresize, modcrop
+from dataset.io import is_image, read_image
+from errors import InputError, run_cli
+
+__all__ = ["pack_div2k", "pack_hr_folder", "main"]
+
+# One loaded image: the HR to store and its LR per scale.
+Loaded = tuple[np.ndarray, dict[int, np.ndarray]]
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _check_scales(scales: Iterable[int]) -> tuple[int, ...]:
+    scales = tuple(scales)
+    if not scales:
+        raise InputError("no --scales given: pass e.g. --scales 2 3 4")
+    for s in scales:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 2:
+            raise InputError(f"scale {s!r} is not an integer >= 2: pass e.g. --scales 2 3 4")
+    if len(set(scales)) != len(scales):
+        raise InputError(f"--scales {' '.join(map(str, scales))} repeats a scale: give each once")
+    return tuple(sorted(int(s) for s in scales))
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header only: size checks up front cost no decoding."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"cannot read image {path} ({err}); replace or remove the file") from None
+
+
+def _images_in(folder: Path, pattern: str = "*") -> list[Path]:
+    """Images directly in ``folder``, sorted by name; dotfiles (macOS ``._x.png``) skipped."""
+    return sorted(p for p in folder.glob(pattern)
+                  if p.is_file() and is_image(p) and not p.name.startswith("."))
+
+
+def _div2k_pairs(dataset_dir: Path, dataset_type: str,
+                 scales: Sequence[int]) -> list[tuple[Path, dict[int, Path]]]:
+    """HR paths in sorted order (the authors' order), each with its LR path per scale.
+
+    LR are paired by name, not position, and sized from their headers, so a missing,
+    extra or wrongly sized file is reported before any decoding starts.
+    """
+    if not dataset_dir.is_dir():
+        raise InputError(f"dataset folder {dataset_dir} not found: download DIV2K there "
+                         "or point --dataset_dir at it")
+    hr_dir = dataset_dir / f"DIV2K_{dataset_type}_HR"
+    if not hr_dir.is_dir():
+        raise InputError(f"{hr_dir} not found: unpack DIV2K_{dataset_type}_HR.zip into "
+                         f"{dataset_dir} (or use --hr_dir for a plain folder of images)")
+    hrs = _images_in(hr_dir, "*.png")
+    if not hrs:
+        raise InputError(f"no .png images in {hr_dir}: unpack DIV2K_{dataset_type}_HR.zip there")
+    hr_sizes = {hr: _image_size(hr) for hr in hrs}
+    lr_paths: list[dict[int, Path]] = [{} for _ in hrs]
+    for s in scales:
+        lr_dir = dataset_dir / f"DIV2K_{dataset_type}_LR_bicubic" / f"X{s}"
+        if not lr_dir.is_dir():
+            raise InputError(f"{lr_dir} not found: unpack DIV2K_{dataset_type}_LR_bicubic_X{s}.zip "
+                             f"or leave {s} out of --scales")
+        expected = {hr: lr_dir / f"{hr.stem}x{s}.png" for hr in hrs}
+        extra = sorted(set(_images_in(lr_dir, "*.png")) - set(expected.values()))
+        if extra:
+            raise InputError(f"LR image {extra[0]} has no HR partner in {hr_dir} (expected "
+                             f"NAMEx{s}.png for NAME.png); remove it or add its HR image")
+        for k, hr in enumerate(hrs):
+            lr = expected[hr]
+            if not lr.is_file():
+                raise InputError(f"HR image {hr} has no x{s} partner: {lr} is missing; "
+                                 "add it or remove the HR image")
+            (hw, hh), (lw, lh) = hr_sizes[hr], _image_size(lr)
+            if (hw // s, hh // s) != (lw, lh):
+                raise InputError(f"{lr} is {lw}x{lh} but its HR {hr} is {hw}x{hh}: an x{s} LR "
+                                 f"should be {hw // s}x{hh // s}; replace the mismatched file")
+            lr_paths[k][s] = lr
+    return list(zip(hrs, lr_paths))
+
+
+def _load_div2k(item: tuple[Path, dict[int, Path]]) -> Loaded:
+    hr, lrs = item
+    return read_image(hr), {s: read_image(p) for s, p in lrs.items()}
+
+
+def _load_and_downscale(path: Path, scales: Sequence[int]) -> Loaded:
+    hr = np.ascontiguousarray(modcrop(read_image(path), math.lcm(*scales)))
+    return hr, {s: imresize(hr, 1 / s) for s in scales}
+
+
+# --------------------------------------------------------------------------- writing
+
+def _ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """``map(fn, items)`` on ``workers`` threads, in order, at most 2*workers items ahead.
+
+    Threads suffice: PNG decoding and the numpy/scipy resize release the GIL. The bounded
+    look-ahead keeps memory flat however many images there are, and on an error or
+    Ctrl-C only the few running loads are waited for.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        ahead: deque = deque()
+        try:
+            for item in items:
+                ahead.append(pool.submit(fn, item))
+                if len(ahead) >= 2 * workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+
+
+def _prepare_output(output: Path) -> None:
+    if output.is_dir():
+        raise InputError(f"--output {output} is a folder: give a file name, e.g. {output / 'DIV2K_train.h5'}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder {output.parent} ({err.strerror}): "
+                         "pick another --output") from None
+    if not os.access(output.parent, os.W_OK):
+        raise InputError(f"output folder {output.parent} is not writable: pick another --output")
+
+
+def _write_h5(output: Path, scales: Sequence[int], items: Sequence, load: Callable[..., Loaded],
+              workers: int, compression: str | None) -> None:
+    """Load every item and store it as dataset ``str(i)`` of HR and each X{s}, atomically."""
+    _prepare_output(output)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        os.close(fd)
+        with h5py.File(tmp, "w") as f:
+            groups = {"HR": f.create_group("HR")}
+            groups.update({f"X{s}": f.create_group(f"X{s}") for s in scales})
+            with closing(_ordered_map(load, items, workers)) as loaded, \
+                    tqdm(total=len(items), unit="img", desc=output.name) as bar:
+                for i, (hr, lrs) in enumerate(loaded):
+                    groups["HR"].create_dataset(str(i), data=hr, compression=compression)
+                    for s in scales:
+                        groups[f"X{s}"].create_dataset(str(i), data=lrs[s], compression=compression)
+                    bar.update()
+        os.replace(tmp, output)
+    except OSError as err:  # loaders raise InputError, so an OSError here is a write failure
+        raise InputError(f"cannot write {output} ({err}): check free space and permissions "
+                         "or pick another --output") from None
+    finally:
+        if tmp is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, dataset_type: str = "train",
+               scales: Iterable[int] = (2, 3, 4), workers: int = 1,
+               compression: str | None = None) -> int:
+    """Pack DIV2K's HR and official bicubic LR images; returns the number of images."""
+    scales = _check_scales(scales)
+    items = _div2k_pairs(Path(dataset_dir), dataset_type, scales)
+    _write_h5(Path(output), scales, items, _load_div2k, workers, compression)
+    return len(items)
+
+
+def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
+                   scales: Iterable[int] = (2, 3, 4), workers: int = 1,
+                   compression: str | None = None) -> int:
+    """Pack a folder of HR images, making each LR with MATLAB-style bicubic; returns the count."""
+    scales = _check_scales(scales)
+    hr_dir = Path(hr_dir)
+    if not hr_dir.is_dir():
+        raise InputError(f"--hr_dir {hr_dir} not found: point it at a folder of HR images")
+    paths = _images_in(hr_dir)
+    if not paths:
+        raise InputError(f"no images in {hr_dir}: point --hr_dir at a folder of HR images")
+    side = math.lcm(*scales)
+    for p in paths:
+        w, h = _image_size(p)
+        if min(w, h) < side:
+            raise InputError(f"{p} is {w}x{h}, smaller than {side} (a multiple of every scale "
+                             f"in {' '.join(map(str, scales))}): remove it")
+    _write_h5(Path(output), scales, paths, partial(_load_and_downscale, scales=scales),
+              workers, compression)
+    return len(paths)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Pack DIV2K (or any folder of HR images with --hr_dir) into an HDF5 "
+                    "training file in the authors' format.")
+    parser.add_argument("--dataset_dir", default="DIV2K",
+                        help="folder holding DIV2K_{type}_HR and DIV2K_{type}_LR_bicubic (default: DIV2K)")
+    parser.add_argument("--dataset_type", default="train", choices=("train", "valid"))
+    parser.add_argument("--hr_dir", default=None,
+                        help="pack this folder of HR images instead, making LR with MATLAB-style bicubic")
+    parser.add_argument("--output", default=None,
+                        help="output file (default: DIV2K_{type}.h5, or HR_DIR_NAME.h5 with --hr_dir)")
+    parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="images decoded in parallel (default: CPU cores, at most 8)")
+    parser.add_argument("--compression", default="none", choices=("none", "gzip", "lzf"),
+                        help="HDF5 compression; none (the authors' choice) reads fastest")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse_args(argv)
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers} must be at least 1")
+    compression = None if args.compression == "none" else args.compression
+    if args.hr_dir is not None:
+        output = Path(args.output or f"{Path(args.hr_dir).resolve().name}.h5")
+        n = pack_hr_folder(args.hr_dir, output, args.scales, args.workers, compression)
+    else:
+        output = Path(args.output or f"DIV2K_{args.dataset_type}.h5")
+        n = pack_div2k(args.dataset_dir, output, args.dataset_type, args.scales, args.workers,
+                       compression)
+    groups = " ".join(f"X{s}" for s in _check_scales(args.scales))
+    print(f"wrote {output}: {n} images, groups HR {groups}, "
+          f"{output.stat().st_size / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,80 @@
+"""The paper's evaluation protocol, defined once: uint8 quantisation, Y channel, PSNR and MATLAB-style SSIM.
+
+Both `sample.py` and training validation call these, so the protocol cannot drift between them
+(the authors' code has two diverging copies).
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+QUANTIZE_MODES = ("truncate", "round")
+
+
+def to_uint8(img: torch.Tensor | np.ndarray, quantize: str = "truncate") -> np.ndarray:
+    """[0, 1] float image (CHW tensor or HWC array) -> HWC uint8.
+
+    'truncate' is the authors' `.mul(255).clamp(0, 255).byte()`; 'round' rounds to nearest.
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+    if isinstance(img, torch.Tensor):
+        t = img.detach().float().mul(255)
+        t = t.add_(0.5).floor_() if quantize == "round" else t
+        return t.clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    a = np.asarray(img, dtype=np.float64) * 255
+    a = np.floor(a + 0.5) if quantize == "round" else a
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of a uint8 RGB image, rounded to integers as MATLAB's rgb2ycbcr does."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected a uint8 HxWx3 RGB image, got {img.dtype} {img.shape}")
+    y = img.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255.0 + 16.0
+    return np.round(y)
+
+
+def _shaved_y(sr: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, np.ndarray]:
+    if sr.shape != hr.shape:
+        raise ValueError(f"SR {sr.shape} and HR {hr.shape} differ in size")
+    ys, yh = rgb_to_y(sr), rgb_to_y(hr)
+    if shave:
+        ys, yh = ys[shave:-shave, shave:-shave], yh[shave:-shave, shave:-shave]
+    if ys.size == 0:
+        raise ValueError(f"nothing left after shaving {shave} pixels from a {hr.shape[:2]} image")
+    return ys, yh
+
+
+def psnr_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
+    """PSNR (dB, peak 255) between the Y channels of two uint8 RGB images, ``shave`` border pixels removed."""
+    ys, yh = _shaved_y(sr, hr, shave)
+    mse = float(np.mean((ys - yh) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    g = cv2.getGaussianKernel(size, sigma)
+    return g @ g.T
+
+
+def ssim_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
+    """MATLAB-style SSIM on Y: 11x11 Gaussian (sigma 1.5), 'valid' windows only, K = (0.01, 0.03), L = 255."""
+    a, b = _shaved_y(sr, hr, shave)
+    if min(a.shape) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels after shaving, got {a.shape}")
+    w = _gaussian_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return cv2.filter2D(x, -1, w, borderType=cv2.BORDER_REFLECT)[5:-5, 5:-5]
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(ssim_map.mean())

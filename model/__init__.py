@@ -1,0 +1,84 @@
+"""DSRNet and its checkpoint loading.
+
+``from model import load_checkpoint; net = load_checkpoint(path)`` returns an eval-mode :class:`Net`
+from the authors' released files or from this repository's own checkpoints.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from errors import InputError
+from model.dsrnet import GATE_MODES, Net, checkpoint_filter_fn, infer_scale, is_authors_state_dict
+
+__all__ = ["Net", "GATE_MODES", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
+
+
+def scale_name(scale: int) -> str:
+    return "multi-scale" if scale == 0 else f"x{scale}"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file safely (weights_only) and return our-format keys plus its metadata.
+
+    Returns ``{"model": state_dict, "scale": int, ...}``; the authors' plain state_dict is renamed
+    through :func:`model.dsrnet.checkpoint_filter_fn`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path} (pass --ckpt_path to an existing .pth file)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read checkpoint {path}: {reason[:200]}; re-download or re-save it") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict")
+    ckpt = dict(obj) if "model" in obj and isinstance(obj["model"], dict) else {"model": obj}
+    state = ckpt["model"]
+    if is_authors_state_dict(state) or any(k.startswith("module.") for k in state):
+        state = checkpoint_filter_fn(state)
+        ckpt["format"] = "authors" if is_authors_state_dict(ckpt["model"]) else "dsrnet"
+    ckpt.setdefault("format", "dsrnet")
+    ckpt["model"] = state
+    try:
+        ckpt["scale"] = infer_scale(state)
+    except KeyError:
+        raise InputError(f"checkpoint {path} has no DSRNet upsampler weights: is it a DSRNet checkpoint?") from None
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, scale: int | None = None, device: str | torch.device = "cpu",
+                    gate_mode: str = "selected", gate_seed: int = 0, group: int | None = None) -> Net:
+    """Build an eval-mode Net from ``path`` with the scale the weights were trained for.
+
+    ``scale`` (optional) is checked against the file: a x2 file asked for x4 is refused. A
+    multi-scale checkpoint accepts any of 2, 3, 4.
+    """
+    ckpt = read_checkpoint(path)
+    held = ckpt["scale"]
+    if scale not in (None, 0) and held != 0 and held != scale:
+        raise InputError(f"checkpoint {path} holds a x{held} model but x{scale} was asked; "
+                         f"pass --scale {held} or a x{scale} checkpoint")
+    if scale == 0 and held != 0:
+        raise InputError(f"checkpoint {path} holds a x{held} model, not a multi-scale one; pass --scale {held}")
+    net = Net(scale=held or 2, multi_scale=held == 0, group=group or int(ckpt.get("group", 1)),
+              gate_mode=gate_mode, gate_seed=gate_seed)
+    result = net.load_state_dict(ckpt["model"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(f"checkpoint {path} does not match DSRNet ({scale_name(held)}): "
+                         f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    return net.to(device).eval()

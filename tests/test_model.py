@@ -1,0 +1,166 @@
+"""DSRNet: shapes, the authors' checkpoint mapped onto our blocks, equality with their forward, gate modes."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from errors import InputError
+from model import GATE_MODES, Net, load_checkpoint, read_checkpoint
+from model.dsrnet import checkpoint_filter_fn
+
+
+@pytest.fixture(scope="module")
+def authors_sd(weights_x2):
+    return torch.load(weights_x2, map_location="cpu", weights_only=True)
+
+
+def reference_forward(sd: dict, x: torch.Tensor, use_fixed: bool) -> torch.Tensor:
+    """The authors' forward written out on their raw keys, independent of our module tree."""
+    def c(name, t, relu=True):
+        w = sd[f"{name}.0.weight"]
+        y = F.conv2d(t, w, padding=w.shape[-1] // 2)
+        return F.relu(y) if relu else y
+
+    x0 = F.conv2d(x, sd["sub_mean.shifter.weight"], sd["sub_mean.shifter.bias"])
+    x1 = c("conv1", x0)
+    x2 = c("conv2", x1)
+    x4 = c("conv4", c("conv3", x2))
+    x6 = c("conv6", c("conv5", x2 + x4))
+    x10 = c("conv8", c("conv8", c("conv8", c("conv7", x6))))
+    b = "1" if use_fixed else "2"
+    branch = c(f"conv10_{b}", c(f"conv9_{b}", c(f"conv8_{b}", c(f"conv7_{b}", x6))))
+    t = x10 + branch
+    for i in range(11, 16):
+        t = c(f"conv{i}", t)
+    t = c("conv16", t + x4 + x1)
+    t = F.pixel_shuffle(F.conv2d(t, sd["upsample.up.body.0.weight"], sd["upsample.up.body.0.bias"], padding=1), 2)
+    t = c("conv17", t, relu=False)
+    return F.conv2d(t, sd["add_mean.shifter.weight"], sd["add_mean.shifter.bias"])
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_output_shape(scale):
+    net = Net(scale=scale).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, 12, 17), scale).shape == (2, 3, 12 * scale, 17 * scale)
+        assert net(torch.rand(1, 3, 9, 9)).shape == (1, 3, 9 * scale, 9 * scale)
+
+
+def test_multi_scale():
+    net = Net(scale=0, multi_scale=True).eval()
+    with torch.no_grad():
+        for s in (2, 3, 4):
+            assert net(torch.rand(1, 3, 10, 11), s).shape == (1, 3, 10 * s, 11 * s)
+    with pytest.raises(ValueError):
+        net(torch.rand(1, 3, 10, 11))
+    assert {k.split(".")[2] for k in net.state_dict() if k.startswith("construction.upsample")} == {"x2", "x3", "x4"}
+
+
+def test_single_scale_rejects_other_scale():
+    with pytest.raises(ValueError):
+        Net(scale=2)(torch.rand(1, 3, 8, 8), 4)
+
+
+def test_authors_checkpoint_every_tensor_accounted(authors_sd):
+    assert len(authors_sd) == 35
+    mapped = checkpoint_filter_fn(authors_sd)
+    ours = Net(scale=2).state_dict()
+    assert set(mapped) == set(ours)
+    for k, v in mapped.items():
+        assert v.shape == ours[k].shape, k
+
+
+def test_load_checkpoint_and_param_count(weights_x2, authors_sd):
+    net = load_checkpoint(weights_x2)
+    assert not net.training and net.scale == 2
+    assert sum(p.numel() for p in net.parameters()) == 934_602
+    sd = checkpoint_filter_fn(authors_sd)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    assert net.wide_enhancement.gate.fc2.bias.tolist() == pytest.approx([0.1, 2.0])
+
+
+@pytest.mark.parametrize("mode", ["selected", "fixed"])
+def test_equals_authors_forward(weights_x2, authors_sd, mode):
+    net = load_checkpoint(weights_x2, gate_mode=mode)
+    x = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = net(x, 2)
+    ref = reference_forward(authors_sd, x, use_fixed=mode == "fixed")
+    assert (ours - ref).abs().max().item() < 1e-5
+
+
+def test_our_checkpoint_round_trip(weights_x2, tmp_path):
+    net = load_checkpoint(weights_x2)
+    path = tmp_path / "ours.pth"
+    torch.save({"model": net.state_dict(), "scale": 2}, path)
+    again = load_checkpoint(path)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x), again(x))
+    assert read_checkpoint(path)["format"] == "dsrnet"
+    assert read_checkpoint(weights_x2)["format"] == "authors"
+
+
+def test_scale_inferred_and_mismatch_refused(tmp_path):
+    for s in (3, 4):
+        torch.save(Net(scale=s).state_dict(), tmp_path / f"x{s}.pth")
+        assert load_checkpoint(tmp_path / f"x{s}.pth").scale == s
+    with pytest.raises(InputError, match=r"holds a x4 model but x2 was asked"):
+        load_checkpoint(tmp_path / "x4.pth", scale=2)
+    torch.save(Net(multi_scale=True).state_dict(), tmp_path / "ms.pth")
+    assert load_checkpoint(tmp_path / "ms.pth", scale=3).multi_scale
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(InputError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pth")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(InputError, match="upsampler"):
+        load_checkpoint(tmp_path / "other.pth")
+    sd = Net(scale=2).state_dict()
+    sd.pop("residual_enhancement.conv1.weight")
+    torch.save(sd, tmp_path / "partial.pth")
+    with pytest.raises(InputError, match="missing"):
+        load_checkpoint(tmp_path / "partial.pth")
+
+
+def test_gate_modes_are_deterministic_or_seeded(weights_x2):
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    counts = {}
+    for mode in GATE_MODES:
+        net = load_checkpoint(weights_x2, gate_mode=mode, gate_seed=7)
+        with torch.no_grad():
+            for _ in range(40):
+                net(x)
+        counts[mode] = dict(net.wide_enhancement.branch_counts)
+    assert counts["selected"] == {"selected": 40}
+    assert counts["fixed"] == {"fixed": 40}
+    assert len(counts["argmax"]) == 1  # noise-free: the same decision every time
+    assert set(counts["sample"]) == {"fixed", "selected"}  # batch 1: mostly fixed, sometimes selected
+    again = load_checkpoint(weights_x2, gate_mode="sample", gate_seed=7)
+    with torch.no_grad():
+        for _ in range(40):
+            again(x)
+    assert dict(again.wide_enhancement.branch_counts) == counts["sample"]
+
+
+def test_sampled_gate_batch_rule(weights_x2):
+    """At batch 1 the sampled gate picks 'fixed' most of the time; a batch of 64 almost never agrees on it."""
+    net = load_checkpoint(weights_x2, gate_mode="sample", gate_seed=0)
+    x6 = torch.rand(64, 64, 8, 8, generator=torch.Generator().manual_seed(0))
+    single = [net.wide_enhancement.choose_branch(x6[:1]) for _ in range(400)]
+    batch = [net.wide_enhancement.choose_branch(x6) for _ in range(50)]
+    assert 0.75 < single.count("fixed") / 400 < 0.95
+    assert batch.count("fixed") == 0
+
+
+def test_gate_gets_no_gradient():
+    net = Net(scale=2, gate_mode="sample").train()
+    net(torch.rand(2, 3, 12, 12), 2).mean().backward()
+    gate = net.wide_enhancement.gate
+    assert gate.fc1.weight.grad is None and gate.fc2.weight.grad is None
+    assert net.residual_enhancement.conv1.weight.grad is not None
+    assert not any(p.requires_grad for p in net.sub_mean.parameters())

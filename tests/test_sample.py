@@ -1,0 +1,124 @@
+"""sample.py as a user runs it: reports, SR images, tiles, self-ensemble, HR-less input, error paths."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sample
+from dataset.io import read_image, write_image
+from errors import InputError
+from model import Net
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "sample.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory, benchmark_dir):
+    """Two Set5 images in the EDSR layout, cropped small to keep the CLI tests quick."""
+    root = tmp_path_factory.mktemp("data") / "Mini"
+    for name in ("img_001", "img_003"):
+        hr = read_image(benchmark_dir / "Set5" / "image_SRF_2" / f"{name}_SRF_2_HR.png")[:96, :120]
+        lr = read_image(benchmark_dir / "Set5" / "image_SRF_2" / f"{name}_SRF_2_LR.png")[:48, :60]
+        write_image(root / "HR" / f"{name}.png", hr)
+        write_image(root / "LR_bicubic" / "X2" / f"{name}x2.png", lr)
+    return root
+
+
+def test_report_csv_markdown_and_images(weights_x2, small_set, tmp_path):
+    report = tmp_path / "rep.json"
+    results = sample.main(["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--bicubic",
+                           "--sample_dir", str(tmp_path / "sr"), "--report", str(report), "--quiet"])
+    doc = json.loads(report.read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert set(rows) == {"Bicubic", "DSRNet"}
+    assert rows["DSRNet"]["psnr"] > rows["Bicubic"]["psnr"] + 1
+    assert rows["DSRNet"]["n_images"] == 2 and rows["DSRNet"]["layout"] == "edsr"
+    assert rows["DSRNet"]["gate_branches"] == {"selected": 2}
+    s = doc["settings"]
+    assert s["gate_mode"] == "selected" and s["quantize"] == "truncate" and s["shave"] == "scale"
+    assert s["checkpoint_sha256"] == "a3ecaa491d8200676d6ae80295786c60724d1f2504d64cb7fff35d38745b7bc3"
+    assert doc["environment"]["torch"] == torch.__version__
+    assert "| Mini | x2 |" in report.with_suffix(".md").read_text()
+    csv_lines = (tmp_path / "rep_per_image.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 4
+    sr = read_image(tmp_path / "sr" / "DSRNet_x2_600000" / "Mini" / "x2" / "dsrnet" / "img_001_SR.png")
+    assert sr.shape == (96, 120, 3)
+    assert results[1].psnr == rows["DSRNet"]["psnr"]
+
+
+def test_deterministic_default(weights_x2, small_set, tmp_path):
+    args = ["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--no_save", "--quiet"]
+    first, second = sample.main(args), sample.main(args)
+    assert [(r.psnr, r.ssim) for r in first] == [(r.psnr, r.ssim) for r in second]
+
+
+def test_tiles_match_whole_image(weights_x2, small_set):
+    args = ["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--no_save", "--quiet"]
+    whole = sample.main(args)[0]
+    tiled = sample.main(args + ["--tile", "56", "--tile_overlap", "20"])[0]
+    assert abs(whole.psnr - tiled.psnr) < 0.01
+
+
+def test_self_ensemble_runs_and_helps(weights_x2, small_set):
+    args = ["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--no_save", "--quiet"]
+    plain = sample.main(args)[0]
+    plus = sample.main(args + ["--self_ensemble"])[0]
+    assert plus.method == "DSRNet+" and plus.psnr > plain.psnr
+
+
+def test_input_without_hr(weights_x2, tmp_path):
+    img = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    write_image(tmp_path / "in" / "a.png", img)
+    sample.main(["--ckpt_path", str(weights_x2), "--input", str(tmp_path / "in"), "--sample_dir",
+                 str(tmp_path / "out"), "--quiet"])
+    out = read_image(tmp_path / "out" / "DSRNet_x2_600000" / "in" / "x2" / "a_x2_SR.png")
+    assert out.shape == (40, 60, 3)
+
+
+def test_bicubic_only_needs_scale(small_set):
+    with pytest.raises(InputError, match="--scale"):
+        sample.main(["--bicubic", "--test_data_dir", str(small_set), "--quiet"])
+    (r,) = sample.main(["--bicubic", "--scale", "2", "--test_data_dir", str(small_set), "--no_save", "--quiet"])
+    assert r.method == "Bicubic" and r.psnr > 20
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_cli_errors(weights_x2, small_set, tmp_path):
+    _one_line_error(run_cli("--ckpt_path", str(weights_x2), "--test_data_dir", str(tmp_path / "nope")), "nope")
+    _one_line_error(run_cli("--ckpt_path", str(tmp_path / "none.pth"), "--test_data_dir", str(small_set)),
+                    "none.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00garbage")
+    _one_line_error(run_cli("--ckpt_path", str(junk), "--test_data_dir", str(small_set)), "junk.pth")
+    x4 = tmp_path / "x4.pth"
+    torch.save(Net(scale=4).state_dict(), x4)
+    _one_line_error(run_cli("--ckpt_path", str(x4), "--scale", "2", "--test_data_dir", str(small_set)),
+                    "x4", "--scale 4")
+    _one_line_error(run_cli("--ckpt_path", str(weights_x2), "--scale", "3", "--test_data_dir", str(small_set)),
+                    "x2")
+
+
+def test_cli_corrupt_image(weights_x2, small_set, tmp_path):
+    bad = tmp_path / "Bad"
+    for sub in ("HR", "LR_bicubic/X2"):
+        (bad / sub).mkdir(parents=True)
+    write_image(bad / "HR" / "a.png", np.zeros((16, 16, 3), np.uint8))
+    (bad / "LR_bicubic" / "X2" / "ax2.png").write_bytes(b"\x89PNG broken")
+    _one_line_error(run_cli("--ckpt_path", str(weights_x2), "--test_data_dir", str(bad), "--no_save"), "ax2.png")
