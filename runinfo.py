@@ -25,7 +25,7 @@ def environment() -> dict:
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "git_commit": git_commit(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion would not load with weights_only
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

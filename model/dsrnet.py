@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -93,6 +94,9 @@ class WideEnhancement(nn.Module):
         self.fixed_branch = ConvReLUChain(features, (3, 3, 3, 3))
         self.selected_branch = ConvReLUChain(features, (3, 1, 3, 1))
         self.gate_generator = torch.Generator()
+        # Under DDP each rank sees a shard of the batch; the solver installs an all-reduce here so
+        # that the batch-wide decision covers the global batch and every rank runs the same branch.
+        self.combine_votes: Callable[[bool], bool] | None = None
         self.set_gate(gate_mode, gate_seed)
 
     def set_gate(self, mode: str, seed: int | None = None) -> None:
@@ -113,7 +117,10 @@ class WideEnhancement(nn.Module):
         if self.gate_mode == "sample":
             u = torch.empty(logits.shape).exponential_(generator=self.gate_generator)
             logits = logits - u.log()  # + Gumbel(0, 1); a hard Gumbel-softmax is its argmax
-        return "fixed" if bool((logits.argmax(dim=1) == 1).all()) else "selected"
+        fixed = bool((logits.argmax(dim=1) == 1).all())
+        if self.combine_votes is not None:
+            fixed = self.combine_votes(fixed)
+        return "fixed" if fixed else "selected"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x6 = _relu_conv(self.conv6, _relu_conv(self.conv5, x))

@@ -1,40 +1,16 @@
 """DSRNet: shapes, the authors' checkpoint mapped onto our blocks, equality with their forward, gate modes."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from errors import InputError
 from model import GATE_MODES, Net, load_checkpoint, read_checkpoint
 from model.dsrnet import checkpoint_filter_fn
+from model.reference import authors_gate_votes_fixed, reference_forward
 
 
 @pytest.fixture(scope="module")
 def authors_sd(weights_x2):
     return torch.load(weights_x2, map_location="cpu", weights_only=True)
-
-
-def reference_forward(sd: dict, x: torch.Tensor, use_fixed: bool) -> torch.Tensor:
-    """The authors' forward written out on their raw keys, independent of our module tree."""
-    def c(name, t, relu=True):
-        w = sd[f"{name}.0.weight"]
-        y = F.conv2d(t, w, padding=w.shape[-1] // 2)
-        return F.relu(y) if relu else y
-
-    x0 = F.conv2d(x, sd["sub_mean.shifter.weight"], sd["sub_mean.shifter.bias"])
-    x1 = c("conv1", x0)
-    x2 = c("conv2", x1)
-    x4 = c("conv4", c("conv3", x2))
-    x6 = c("conv6", c("conv5", x2 + x4))
-    x10 = c("conv8", c("conv8", c("conv8", c("conv7", x6))))
-    b = "1" if use_fixed else "2"
-    branch = c(f"conv10_{b}", c(f"conv9_{b}", c(f"conv8_{b}", c(f"conv7_{b}", x6))))
-    t = x10 + branch
-    for i in range(11, 16):
-        t = c(f"conv{i}", t)
-    t = c("conv16", t + x4 + x1)
-    t = F.pixel_shuffle(F.conv2d(t, sd["upsample.up.body.0.weight"], sd["upsample.up.body.0.bias"], padding=1), 2)
-    t = c("conv17", t, relu=False)
-    return F.conv2d(t, sd["add_mean.shifter.weight"], sd["add_mean.shifter.bias"])
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -85,8 +61,15 @@ def test_equals_authors_forward(weights_x2, authors_sd, mode):
     x = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = net(x, 2)
-    ref = reference_forward(authors_sd, x, use_fixed=mode == "fixed")
+    ref = reference_forward(authors_sd, x, use_fixed=mode == "fixed", decide_on_host=True)
     assert (ours - ref).abs().max().item() < 1e-5
+
+
+def test_argmax_mode_follows_the_gate_vote(weights_x2, authors_sd):
+    net = load_checkpoint(weights_x2, gate_mode="argmax")
+    x6 = torch.rand(3, 64, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = "fixed" if authors_gate_votes_fixed(authors_sd, x6) else "selected"
+    assert net.wide_enhancement.choose_branch(x6) == expected
 
 
 def test_our_checkpoint_round_trip(weights_x2, tmp_path):

@@ -1,0 +1,17 @@
+"""Train DSRNet x3, e.g. the paper's run (from the repository root):
+
+    python x3/train.py --patch_size 64 --batch_size 64 --max_steps 600000 --decay 400000 \\
+        --model dsrnet --ckpt_name dsrnet_x3 --ckpt_dir checkpoint/dsrnet_x3 --scale 3 --num_gpu 1
+
+Flags: `python x3/train.py --help`; the loop lives in solver.py.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from errors import run_cli  # noqa: E402
+from solver import Solver, parse_args  # noqa: E402
+
+if __name__ == "__main__":
+    run_cli(lambda: Solver(parse_args(default_scale=3)).fit())
