@@ -33,11 +33,10 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, suppress
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dataset.imresize import imresize, modcrop
-from dataset.io import is_image, read_image
+from dataset.io import atomic_path, is_image, read_image
 from errors import InputError, run_cli
 
 __all__ = ["pack_div2k", "pack_hr_folder", "main"]
@@ -182,28 +181,20 @@ def _write_h5(output: Path, scales: Sequence[int], items: Sequence, load: Callab
               workers: int, compression: str | None) -> None:
     """Load every item and store it as dataset ``str(i)`` of HR and each X{s}, atomically."""
     _prepare_output(output)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-        os.close(fd)
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
             groups = {"HR": f.create_group("HR")}
             groups.update({f"X{s}": f.create_group(f"X{s}") for s in scales})
             with closing(_ordered_map(load, items, workers)) as loaded, \
-                    tqdm(total=len(items), unit="img", desc=output.name) as bar:
+                    tqdm(total=len(items), unit="img", desc=output.name, disable=None) as bar:
                 for i, (hr, lrs) in enumerate(loaded):
                     groups["HR"].create_dataset(str(i), data=hr, compression=compression)
                     for s in scales:
                         groups[f"X{s}"].create_dataset(str(i), data=lrs[s], compression=compression)
                     bar.update()
-        os.replace(tmp, output)
     except OSError as err:  # loaders raise InputError, so an OSError here is a write failure
         raise InputError(f"cannot write {output} ({err}): check free space and permissions "
                          "or pick another --output") from None
-    finally:
-        if tmp is not None:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
 
 
 def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, dataset_type: str = "train",

@@ -1,0 +1,43 @@
+"""Image I/O and atomic writes: nothing half-written, ordinary permissions, one-line errors."""
+import os
+
+import numpy as np
+import pytest
+
+from dataset.io import atomic_path, atomic_write_bytes, read_image, write_image
+from errors import InputError
+
+
+def test_round_trip_and_grayscale(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    write_image(tmp_path / "a.png", img)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), img)
+    write_image(tmp_path / "g.png", img[..., 0])
+    assert read_image(tmp_path / "g.png").shape == (7, 9, 3)
+
+
+def test_permissions_follow_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f.txt", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    (tmp_path / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "keep.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert (tmp_path / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_bad_images(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_image(tmp_path / "none.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(InputError, match="bad.png"):
+        read_image(tmp_path / "bad.png")
