@@ -39,7 +39,7 @@ GATE_MODES = ("selected", "fixed", "sample", "argmax")
 
 
 def _relu_conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return F.relu(layer(x))
+    return F.relu(layer(x), inplace=True)  # the conv output is fresh: no copy needed
 
 
 class Gate(nn.Module):

@@ -24,7 +24,7 @@ class ConvReLUChain(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.convs:
-            x = F.relu(layer(x))
+            x = F.relu(layer(x), inplace=True)
         return x
 
 

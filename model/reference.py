@@ -13,7 +13,7 @@ import torch.nn.functional as F
 def _conv(sd: dict[str, torch.Tensor], name: str, x: torch.Tensor, relu: bool = True) -> torch.Tensor:
     w = sd[f"{name}.0.weight"]
     y = F.conv2d(x, w, padding=w.shape[-1] // 2)
-    return F.relu(y) if relu else y
+    return F.relu(y, inplace=True) if relu else y  # as nn.ReLU(inplace=True) in the original
 
 
 def authors_gate_votes_fixed(sd: dict[str, torch.Tensor], x6: torch.Tensor) -> bool:
