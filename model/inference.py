@@ -10,9 +10,12 @@ RECEPTIVE_RADIUS = 19
 
 
 def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """HWC uint8 RGB -> 1x3xHxW float in [0, 1] (the authors' ToTensor)."""
+    """HWC uint8 RGB -> 1x3xHxW float in [0, 1] (the authors' ToTensor), channels_last in memory.
+
+    HWC is already the NHWC layout, so the permute is free and no copy is made before the float cast.
+    """
     t = torch.from_numpy(np.ascontiguousarray(img)).to(device)
-    return t.permute(2, 0, 1).unsqueeze(0).float().div_(255)
+    return t.permute(2, 0, 1).unsqueeze(0).float().div_(255).contiguous(memory_format=torch.channels_last)
 
 
 def _window_starts(length: int, window: int, overlap: int) -> list[int]:

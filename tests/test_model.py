@@ -147,3 +147,21 @@ def test_gate_gets_no_gradient():
     assert gate.fc1.weight.grad is None and gate.fc2.weight.grad is None
     assert net.residual_enhancement.conv1.weight.grad is not None
     assert not any(p.requires_grad for p in net.sub_mean.parameters())
+
+
+def test_default_inference_path_matches_eager(weights_x2, authors_sd):
+    """The fast default (channels_last weights and input, inference_mode) computes what eager NCHW does."""
+    from model.inference import image_to_tensor, super_resolve
+
+    net = load_checkpoint(weights_x2)
+    assert net.residual_enhancement.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    lr = (torch.rand(37, 29, 3, generator=torch.Generator().manual_seed(3)) * 255).byte().numpy()
+    x = image_to_tensor(lr)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    fast = super_resolve(net, lr, 2)
+    eager = reference_forward(authors_sd, x.contiguous(), use_fixed=False)[0]
+    assert (fast - eager).abs().max().item() <= 1e-4
+    tiled = super_resolve(net, lr, 2, tile=24, tile_overlap=8)  # overlap < receptive radius: close, not equal
+    assert (tiled - eager).abs().max().item() < 0.05
+    exact_tiles = super_resolve(net, lr, 2, tile=60, tile_overlap=24)
+    assert (exact_tiles - eager).abs().max().item() <= 1e-4
