@@ -1,0 +1,86 @@
+"""Training throughput: the Solver against a naive loop (no workers, NCHW, fp32), same data and net.
+
+    python benchmarks/training.py --train_data_path /work/data/photos80.h5 --scale 2 --steps 60
+
+Both run in this process, one after the other, on the same HDF5 file with the same batch and patch;
+each is timed after a few warm-up steps. The Solver's figure comes from its own training loop
+(`Solver.fit`), so it includes everything a real run does per step.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from dataset.train_data import TrainDataset  # noqa: E402
+from errors import run_cli  # noqa: E402
+from model import Net  # noqa: E402
+from runinfo import environment  # noqa: E402
+from solver import Solver, parse_args  # noqa: E402
+
+
+def naive_steps_per_s(h5: str, scale: int, batch: int, patch: int, steps: int, warmup: int) -> float:
+    """What a plain script does: items fetched inline, NCHW float32, Adam + MSE + clip."""
+    data = TrainDataset(h5, patch, scale, seed=0)
+    net = Net(scale=scale, gate_mode="sample").train()
+    optim = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    t0 = 0.0
+    for k in range(warmup + steps):
+        if k == warmup:
+            t0 = time.perf_counter()
+        items = [data[k * batch + i][0] for i in range(batch)]
+        hr, lr = torch.stack([h for h, _ in items]), torch.stack([x for _, x in items])
+        loss = nn.functional.mse_loss(net(lr, scale), hr)
+        optim.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        optim.step()
+    return steps / (time.perf_counter() - t0)
+
+
+def solver_steps_per_s(h5: str, scale: int, batch: int, patch: int, steps: int, warmup: int,
+                       workers: int) -> float:
+    """The repository's loop: warm up ``warmup`` steps, then resume and time ``steps`` more."""
+    with tempfile.TemporaryDirectory() as ckpt_dir:
+        common = ["--train_data_path", h5, "--scale", str(scale), "--batch_size", str(batch),
+                  "--patch_size", str(patch), "--ckpt_dir", ckpt_dir, "--num_workers", str(workers),
+                  "--print_interval", str(10 ** 9), "--log_interval", str(10 ** 9)]
+        Solver(parse_args(common + ["--max_steps", str(warmup)])).fit()
+        solver = Solver(parse_args(common + ["--max_steps", str(warmup + steps), "--resume"]))
+        t0 = time.perf_counter()
+        solver.fit()  # includes the final checkpoint write, as a real run's last step does
+        return steps / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_data_path", required=True, help="an HDF5 file made by dataset/div2h5.py")
+    p.add_argument("--scale", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--patch_size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--num_workers", type=int, default=1)
+    cfg = p.parse_args(argv)
+    env = environment()
+    print(f"# {env['command']}\n# torch {env['torch']}, {torch.get_num_threads()} threads, git {env['git_commit']}")
+    args = (cfg.train_data_path, cfg.scale, cfg.batch_size, cfg.patch_size, cfg.steps, cfg.warmup)
+    naive = naive_steps_per_s(*args)
+    ours = solver_steps_per_s(*args, cfg.num_workers)
+    print(f"x{cfg.scale}, batch {cfg.batch_size}, LR patch {cfg.patch_size}, {cfg.steps} timed steps")
+    print(f"| loop | steps/s | samples/s |\n|---|---|---|")
+    print(f"| naive (inline data, NCHW, fp32) | {naive:.2f} | {naive * cfg.batch_size:.1f} |")
+    print(f"| Solver ({cfg.num_workers} workers) | {ours:.2f} | {ours * cfg.batch_size:.1f} |")
+    print(f"Solver / naive: {ours / naive:.2f}x")
+
+
+if __name__ == "__main__":
+    run_cli(main)
