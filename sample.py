@@ -156,6 +156,9 @@ def write_report(path: Path, results: list[SetResult], cfg: argparse.Namespace, 
         "gate_mode": cfg.gate, "seed": cfg.seed, "quantize": cfg.quantize,
         "shave": "scale" if cfg.shave is None else cfg.shave,
         "self_ensemble": cfg.self_ensemble, "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
+        # Where the HR and the saved SR images are, so visualize.py can draw from the report alone.
+        "test_data_dirs": [str(Path(d).resolve()) for d in (cfg.test_data_dir or default_test_dirs())],
+        "sr_dir": None if cfg.no_save else str((Path(cfg.sample_dir) / (ckpt.stem if ckpt else "bicubic")).resolve()),
     }
     doc = {"results": [r.summary() for r in results], "settings": settings, "environment": environment()}
     atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())

@@ -1,0 +1,375 @@
+"""Figures from any run: paper-style visual comparisons (Figures 2-3) and training curves.
+
+    python visualize.py compare --report results/x2.json                 # from `sample.py --bicubic --report`
+    python visualize.py compare --report run.json --image img_005 --box 120 40 64 64 --out fig.png
+    python visualize.py compare --report demo.json authors.json --label demo authors
+    python visualize.py curves --log checkpoint/dsrnet_x2/log.csv
+
+`compare` reads only what `sample.py` left behind: the report JSON (which names the test-set folders and
+the SR image folder), its per-image CSV and the saved SR PNGs; the HR is read the way sample.py read it.
+Without --image it shows the image where the model gains most over bicubic, and without --box the
+quarter-side region where it gains most, so the figure shows something worth seeing.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402  (no pyplot: no global state, no GUI backend)
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from dataset.io import atomic_write_bytes, read_image  # noqa: E402
+from dataset.layouts import find_test_set, load_pair  # noqa: E402
+from errors import InputError, run_cli  # noqa: E402
+from metrics import rgb_to_y  # noqa: E402
+
+BICUBIC = "Bicubic"
+CROP_INCHES = 2.3      # displayed width of one zoomed crop
+MIN_CROP_PIXELS = 320  # crops are enlarged (nearest neighbour) to at least this many pixels across
+
+
+@dataclass
+class Panel:
+    """One method's SR of the compared image with its whole-image scores."""
+
+    label: str
+    image: np.ndarray  # uint8 HxWx3, the same size as the HR
+    psnr: float
+    ssim: float
+
+
+@dataclass
+class Comparison:
+    """One test image: its HR and every method's SR from one or more reports (Bicubic first)."""
+
+    dataset: str
+    scale: int
+    name: str
+    shave: int
+    hr: np.ndarray
+    panels: list[Panel]
+
+
+# --------------------------------------------------------------------------- reading reports
+
+@dataclass(frozen=True)
+class _Row:
+    """One line of a per-image CSV, with the report that produced it."""
+
+    report: int
+    dataset: str
+    scale: int
+    method: str
+    image: str
+    psnr: float
+    ssim: float
+
+
+def _read_report(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"report {path} not found: write one with `python sample.py --bicubic --report {path}`")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"report {path} is not valid JSON ({err}); rerun sample.py --report") from None
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    if not isinstance(settings, dict) or "sr_dir" not in settings or "test_data_dirs" not in settings:
+        raise InputError(f"report {path} does not say where its images are (written by an older sample.py?): "
+                         "rerun sample.py --report to write a fresh one")
+    if settings["sr_dir"] is None:
+        raise InputError(f"report {path} comes from a run with --no_save, so there are no SR images to show: "
+                         "rerun sample.py without --no_save")
+    return doc
+
+
+def _read_rows(report: Path, index: int) -> list[_Row]:
+    path = report.with_name(report.stem + "_per_image.csv")
+    if not path.is_file():
+        raise InputError(f"{path} not found: sample.py writes it beside {report.name}; rerun sample.py --report")
+    try:
+        with open(path, newline="") as f:
+            return [_Row(index, r["dataset"], int(r["scale"]), r["method"], r["image"], float(r["psnr"]),
+                         float(r["ssim"])) for r in csv.DictReader(f)]
+    except (KeyError, ValueError, TypeError) as err:
+        raise InputError(f"{path} is not a sample.py per-image CSV ({err!r}); rerun sample.py --report") from None
+
+
+def _pick_image(rows: list[_Row], image: str | None, dataset: str | None,
+                scale: int | None) -> tuple[str, int, str]:
+    """(dataset, scale, image) matching the filters; by default the one with the largest gain over bicubic."""
+    keys = list(dict.fromkeys((r.dataset, r.scale, r.image) for r in rows))
+    chosen = [k for k in keys if (dataset is None or k[0] == dataset) and (scale is None or k[1] == scale)
+              and (image is None or k[2] == image)]
+    if not chosen:
+        wanted = ", ".join(f"{n} {v}" for n, v in (("--image", image), ("--dataset", dataset), ("--scale", scale))
+                           if v is not None)
+        shown = ", ".join(f"{d}/x{s}/{n}" for d, s, n in keys[:12]) + (" ..." if len(keys) > 12 else "")
+        raise InputError(f"no image matches {wanted}; the report has {shown}")
+    if image is not None and len(chosen) > 1:
+        raise InputError(f"image {image} is in several sets/scales ({', '.join(f'{d} x{s}' for d, s, _ in chosen)}): "
+                         "add --dataset and/or --scale")
+
+    def gain(key: tuple[str, int, str]) -> float:
+        scores = [r for r in rows if (r.dataset, r.scale, r.image) == key]
+        base = [r.psnr for r in scores if r.method == BICUBIC]
+        other = [r.psnr for r in scores if r.method != BICUBIC]
+        return other[0] - base[0] if base and other else 0.0
+    return max(chosen, key=gain)
+
+
+def _label(row: _Row, rows: list[_Row], reports: list[dict], labels: Sequence[str] | None) -> str:
+    """The method's name, qualified by its report's label (or checkpoint) when several reports are shown."""
+    if row.method == BICUBIC:
+        return BICUBIC
+    if labels is not None:
+        return f"{row.method} ({labels[row.report]})"
+    if sum(r.method == row.method for r in rows) > 1:
+        return f"{row.method} ({Path(reports[row.report]['settings']['checkpoint']).stem})"
+    return row.method
+
+
+def _read_hr(settings: dict, dataset: str, scale: int, name: str) -> np.ndarray:
+    problems = []
+    for folder in settings["test_data_dirs"]:
+        try:  # a folder of another set may lack this scale: only the one named `dataset` matters
+            test_set = find_test_set(folder, scale)
+        except InputError as err:
+            problems.append(str(err))
+            continue
+        pair = next((p for p in test_set.pairs if p.name == name), None)
+        if test_set.name == dataset and pair is not None:
+            return load_pair(test_set, pair)[0]
+    raise InputError(f"the HR of {dataset}/{name} is no longer in {', '.join(settings['test_data_dirs'])}"
+                     + (f" ({problems[0]})" if problems else "") + ": put the test set back or rerun sample.py")
+
+
+def load_comparison(reports: Sequence[str | Path], image: str | None = None, dataset: str | None = None,
+                    scale: int | None = None, labels: Sequence[str] | None = None) -> Comparison:
+    """Gather the HR and every method's SR of one image from ``sample.py`` reports.
+
+    A method present in several reports (e.g. DSRNet from two checkpoints) appears once per report,
+    labelled with ``labels[i]`` (one per report) or else its checkpoint's name; Bicubic appears once.
+    """
+    paths = [Path(r) for r in reports]
+    if labels is not None and len(labels) != len(paths):
+        raise InputError(f"{len(labels)} labels for {len(paths)} reports: pass one --label per --report")
+    docs = [_read_report(p) for p in paths]
+    rows = [row for i, p in enumerate(paths) for row in _read_rows(p, i)]
+    if not rows:
+        raise InputError(f"{', '.join(map(str, paths))}: no per-image results; was the test set empty?")
+    key = _pick_image(rows, image, dataset, scale)
+    rows = [r for r in rows if (r.dataset, r.scale, r.image) == key]
+    bicubic = [r for r in rows if r.method == BICUBIC][:1]
+    rows = bicubic + [r for r in rows if r.method != BICUBIC]
+    hr = _read_hr(docs[rows[0].report]["settings"], *key)
+    panels = []
+    for r in rows:
+        sr_path = (Path(docs[r.report]["settings"]["sr_dir"]) / r.dataset / f"x{r.scale}" / r.method.lower()
+                   / f"{r.image}_SR.png")
+        if not sr_path.is_file():
+            raise InputError(f"SR image {sr_path} is missing: rerun sample.py for {paths[r.report]}")
+        sr = read_image(sr_path)
+        if sr.shape != hr.shape:
+            raise InputError(f"{sr_path} is {sr.shape[1]}x{sr.shape[0]} but its HR is {hr.shape[1]}x{hr.shape[0]}: "
+                             "the SR images and the test set no longer belong together; rerun sample.py")
+        panels.append(Panel(_label(r, rows, docs, labels), sr, r.psnr, r.ssim))
+    shave = next((res["shave"] for res in docs[rows[0].report]["results"]
+                  if (res["dataset"], res["scale"]) == key[:2]), key[1])
+    return Comparison(dataset=key[0], scale=key[1], name=key[2], shave=int(shave), hr=hr, panels=panels)
+
+
+# --------------------------------------------------------------------------- the zoom box
+
+def _window_means(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Mean of ``a`` over every h x w window (top-left corners), from one integral image."""
+    c = np.pad(a.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return (c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]) / (h * w)
+
+
+def best_box(hr: np.ndarray, base: np.ndarray, better: np.ndarray, shave: int = 0) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the quarter-side region where ``better`` gains most local PSNR (on Y) over ``base``.
+
+    Only regions where ``base`` errs at least as much as on average compete: in flat areas both are
+    near-perfect and a large PSNR ratio would show nothing to the eye.
+    """
+    inner = (slice(shave, hr.shape[0] - shave or None), slice(shave, hr.shape[1] - shave or None))
+    y_hr = rgb_to_y(hr)[inner]
+    if y_hr.size == 0:
+        raise InputError(f"the image ({hr.shape[1]}x{hr.shape[0]}) is empty after shaving {shave} pixels")
+    H, W = y_hr.shape
+    h, w = min(H, max(8, H // 4)), min(W, max(8, W // 4))
+    mse_base = _window_means((rgb_to_y(base)[inner] - y_hr) ** 2, h, w)
+    mse_better = _window_means((rgb_to_y(better)[inner] - y_hr) ** 2, h, w)
+    gain = np.where(mse_base >= mse_base.mean(), (mse_base + 1e-6) / (mse_better + 1e-6), 0.0)
+    y, x = np.unravel_index(np.argmax(gain), gain.shape)
+    return int(x) + shave, int(y) + shave, w, h
+
+
+def _check_box(box: Sequence[int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(v) for v in box)
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > shape[1] or y + h > shape[0]:
+        raise InputError(f"--box {x} {y} {w} {h} does not fit in the {shape[1]}x{shape[0]} image: "
+                         "pass x y w h with x + w <= width and y + h <= height")
+    return x, y, w, h
+
+
+# --------------------------------------------------------------------------- figures
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    """PNG written atomically: a figure is either complete or absent."""
+    out = Path(out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def _zoom(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The box, enlarged by an integer factor with nearest neighbour so pixels stay visible as pixels."""
+    x, y, w, h = box
+    k = max(1, math.ceil(MIN_CROP_PIXELS / max(w, h)))
+    return img[y:y + h, x:x + w].repeat(k, axis=0).repeat(k, axis=1)
+
+
+def comparison_figure(cmp: Comparison, out: str | Path, box: Sequence[int] | None = None,
+                      title: str | None = None) -> Path:
+    """The paper's Figures 2-3 style: the HR with the zoom box drawn, then the zoomed HR and every method.
+
+    The default box is :func:`best_box` of the first non-bicubic method against Bicubic.
+    """
+    if box is None:
+        others = [p for p in cmp.panels if p.label != BICUBIC]
+        base = next((p for p in cmp.panels if p.label == BICUBIC), None)
+        if base is None or not others:
+            raise InputError("the default zoom box compares a model with Bicubic: run sample.py with --bicubic "
+                             "and a checkpoint, or pass --box x y w h")
+        box = best_box(cmp.hr, base.image, others[0].image, cmp.shave)
+    box = _check_box(box, cmp.hr.shape)
+    x, y, w, h = box
+    crops = [("HR", _zoom(cmp.hr, box), "PSNR (dB) / SSIM")]
+    crops += [(p.label, _zoom(p.image, box), f"{p.psnr:.2f} / {p.ssim:.4f}") for p in cmp.panels]
+    rows = 1 if len(crops) <= 3 else 2
+    cols = math.ceil(len(crops) / rows)
+    crop_h = CROP_INCHES * h / w + 0.55  # + two title lines
+    full_h = rows * crop_h
+    full_w = min(full_h * cmp.hr.shape[1] / cmp.hr.shape[0], 2.2 * CROP_INCHES)
+    fig = Figure(figsize=(full_w + cols * CROP_INCHES + 0.4, full_h + 0.6), layout="constrained")
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[full_w] + [CROP_INCHES] * cols)
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(cmp.hr, interpolation="antialiased")
+    ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="red", linewidth=1.8))
+    ax.set_title(f"{cmp.name} ({cmp.dataset}, x{cmp.scale})\nbox x={x} y={y} {w}x{h}", fontsize=10)
+    ax.set_axis_off()
+    for i, (label, crop, scores) in enumerate(crops):
+        ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
+        ax.imshow(crop, interpolation="nearest")
+        ax.set_title(f"{label}\n{scores}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or f"Visual comparison, x{cmp.scale} (PSNR/SSIM on Y of the whole image)", fontsize=11)
+    return _save(fig, out)
+
+
+def _read_log(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Columns of a Solver ``log.csv`` as float arrays (blank cells NaN) and its *_psnr column names."""
+    if not path.is_file():
+        raise InputError(f"training log {path} not found: Solver writes CKPT_DIR/log.csv")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    missing = [c for c in ("step", "loss", "lr") if c not in fields]
+    if missing:
+        raise InputError(f"{path} has no {', '.join(missing)} column: is it a Solver log.csv?")
+    if not rows:
+        raise InputError(f"{path} has no rows yet: train for at least --log_interval steps")
+    try:
+        cols = {k: np.array([float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows])
+                for k in fields}
+    except ValueError as err:
+        raise InputError(f"{path} holds a value that is not a number ({err}); is it a Solver log.csv?") from None
+    return cols, [k for k in fields if k.endswith("_psnr")]
+
+
+def training_curves(log: str | Path, out: str | Path, references: dict[str, float] | None = None,
+                    title: str | None = None) -> Path:
+    """Loss (log scale) with the learning rate on a twin axis, and every ``*_psnr`` validation column.
+
+    ``references`` draws labelled horizontal lines on the PSNR panel (e.g. the bicubic baseline).
+    """
+    cols, psnr_fields = _read_log(Path(log))
+    step = cols["step"]
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_loss, ax_psnr = fig.subplots(1, 2)
+    loss_line, = ax_loss.plot(step, cols["loss"], color="tab:blue", linewidth=1.2, label="loss")
+    ax_loss.set_yscale("log")
+    ax_loss.set(title="Training loss and learning rate", xlabel="step", ylabel="loss (mean since the previous row)")
+    ax_lr = ax_loss.twinx()
+    lr_line, = ax_lr.plot(step, cols["lr"], color="tab:orange", drawstyle="steps-post", label="learning rate")
+    ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_loss.legend(handles=[loss_line, lr_line], fontsize=8, loc="upper right")
+    for field in psnr_fields:
+        ok = ~np.isnan(cols[field])
+        ax_psnr.plot(step[ok], cols[field][ok], marker="o", markersize=4, label=field.removesuffix("_psnr"))
+    colors = iter(["tab:gray", "tab:red", "tab:green", "tab:purple"])
+    for label, value in (references or {}).items():
+        ax_psnr.axhline(value, linestyle="--", linewidth=1, color=next(colors, "black"), label=f"{label} {value:.2f}")
+    if psnr_fields or references:
+        ax_psnr.legend(fontsize=8, loc="lower right")
+    else:
+        ax_psnr.text(0.5, 0.5, "no validation columns\n(train with --valid_data_dir)", ha="center", va="center",
+                     transform=ax_psnr.transAxes, color="gray")
+    ax_psnr.set(title="Validation PSNR (Y)", xlabel="step", ylabel="PSNR (dB)")
+    for ax in (ax_loss, ax_psnr):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="zoomed visual comparison from sample.py reports")
+    c.add_argument("--report", nargs="+", required=True, help="sample.py --report JSON file(s), Bicubic taken once")
+    c.add_argument("--label", nargs="+", help="one name per report for its model rows (default: checkpoint names)")
+    c.add_argument("--image", help="image name (default: the one with the largest gain over bicubic)")
+    c.add_argument("--dataset", help="test set, when the report holds several")
+    c.add_argument("--scale", type=int, help="scale, when the report holds several")
+    c.add_argument("--box", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
+                   help="zoom region in HR pixels (default: where the model gains most over bicubic)")
+    c.add_argument("--out", help="PNG to write (default: REPORT_compare.png beside the first report)")
+    k = sub.add_parser("curves", help="loss, lr and validation PSNR against step from a Solver log.csv")
+    k.add_argument("--log", required=True, help="CKPT_DIR/log.csv")
+    k.add_argument("--out", help="PNG to write (default: curves.png beside the log)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    cfg = parse_args(argv)
+    if cfg.command == "compare":
+        first = Path(cfg.report[0])
+        cmp = load_comparison(cfg.report, cfg.image, cfg.dataset, cfg.scale, cfg.label)
+        out = comparison_figure(cmp, cfg.out or first.with_name(first.stem + "_compare.png"), cfg.box)
+    else:
+        out = training_curves(cfg.log, cfg.out or Path(cfg.log).with_name("curves.png"))
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    run_cli(main)
