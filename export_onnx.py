@@ -26,6 +26,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from dataset.io import atomic_path  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import GATE_MODES, load_checkpoint, scale_name  # noqa: E402
 from model.dsrnet import SCALES, Net  # noqa: E402
@@ -66,21 +67,15 @@ def export(net: Net, scale: int, path: str | os.PathLike, opset: int = 17) -> Pa
         raise InputError(f"this {scale_name(net.scale)} DSRNet exports {' or '.join(f'x{s}' for s in allowed)}, "
                          f"not x{scale}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     p = next(net.parameters())
     example = torch.rand(1, 3, 16, 16, device=p.device, dtype=p.dtype)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": see the docstring
             torch.onnx.export(FixedScale(net, scale).eval(), (example,), tmp, dynamo=False, opset_version=opset,
                               input_names=["lr"], output_names=["sr"],
                               dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"},
                                             "sr": {0: "batch", 2: "sr_height", 3: "sr_width"}})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -49,7 +49,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dataset.imresize import imresize, modcrop
-from dataset.io import atomic_path, is_image, read_image
+from dataset.io import atomic_path, images_in, read_image
 from errors import InputError, run_cli
 
 __all__ = ["pack_div2k", "pack_hr_folder", "main"]
@@ -81,12 +81,6 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise InputError(f"cannot read image {path} ({err}); replace or remove the file") from None
 
 
-def _images_in(folder: Path, pattern: str = "*") -> list[Path]:
-    """Images directly in ``folder``, sorted by name; dotfiles (macOS ``._x.png``) skipped."""
-    return sorted(p for p in folder.glob(pattern)
-                  if p.is_file() and is_image(p) and not p.name.startswith("."))
-
-
 def _div2k_pairs(dataset_dir: Path, dataset_type: str,
                  scales: Sequence[int]) -> list[tuple[Path, dict[int, Path]]]:
     """HR paths in sorted order (the authors' order), each with its LR path per scale.
@@ -101,7 +95,7 @@ def _div2k_pairs(dataset_dir: Path, dataset_type: str,
     if not hr_dir.is_dir():
         raise InputError(f"{hr_dir} not found: unpack DIV2K_{dataset_type}_HR.zip into "
                          f"{dataset_dir} (or use --hr_dir for a plain folder of images)")
-    hrs = _images_in(hr_dir, "*.png")
+    hrs = images_in(hr_dir, "*.png")
     if not hrs:
         raise InputError(f"no .png images in {hr_dir}: unpack DIV2K_{dataset_type}_HR.zip there")
     hr_sizes = {hr: _image_size(hr) for hr in hrs}
@@ -112,7 +106,7 @@ def _div2k_pairs(dataset_dir: Path, dataset_type: str,
             raise InputError(f"{lr_dir} not found: unpack DIV2K_{dataset_type}_LR_bicubic_X{s}.zip "
                              f"or leave {s} out of --scales")
         expected = {hr: lr_dir / f"{hr.stem}x{s}.png" for hr in hrs}
-        extra = sorted(set(_images_in(lr_dir, "*.png")) - set(expected.values()))
+        extra = sorted(set(images_in(lr_dir, "*.png")) - set(expected.values()))
         if extra:
             raise InputError(f"LR image {extra[0]} has no HR partner in {hr_dir} (expected "
                              f"NAMEx{s}.png for NAME.png); remove it or add its HR image")
@@ -215,7 +209,7 @@ def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
     hr_dir = Path(hr_dir)
     if not hr_dir.is_dir():
         raise InputError(f"--hr_dir {hr_dir} not found: point it at a folder of HR images")
-    paths = _images_in(hr_dir)
+    paths = images_in(hr_dir)
     if not paths:
         raise InputError(f"no images in {hr_dir}: point --hr_dir at a folder of HR images")
     side = math.lcm(*scales)

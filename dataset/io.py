@@ -20,6 +20,12 @@ def is_image(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def images_in(folder: str | os.PathLike, pattern: str = "*") -> list[Path]:
+    """Image files directly in ``folder`` matching ``pattern``, sorted; dotfiles (macOS ``._x.png``) skipped."""
+    return sorted(p for p in Path(folder).glob(pattern)
+                  if p.is_file() and is_image(p) and not p.name.startswith("."))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as an RGB uint8 HxWx3 array (grayscale is replicated, as the authors do)."""
     path = Path(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.io import IMAGE_EXTENSIONS, is_image, read_image, write_image
+from dataset.io import IMAGE_EXTENSIONS, images_in, is_image, read_image, write_image
 from errors import InputError
 
 __all__ = [
@@ -90,12 +90,6 @@ def _child_dir(parent: Path, name: str) -> Path | None:
         if child.name.lower() == name.lower() and child.is_dir():
             return child
     return None
-
-
-def _images_in(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted; dotfiles (e.g. macOS ``._x.png``) skipped."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and is_image(p) and not p.name.startswith("."))
 
 
 def _dataset_name(root: Path) -> str:
@@ -175,7 +169,7 @@ def _pair_up(hr_files: list[Path], lr_files: list[Path], scale: int,
 
 def _pair_mixed_folder(folder: Path, scale: int) -> tuple[ImagePair, ...]:
     """HR and LR side by side in one folder, told apart by an ``_HR``/``_LR`` name suffix."""
-    images = _images_in(folder)
+    images = images_in(folder)
     if not images:
         raise InputError(f"no images in {folder}; expected NAME_HR.png + NAME_LR.png pairs for x{scale}")
     hr_files, lr_files = [], []
@@ -194,7 +188,7 @@ def _pair_mixed_folder(folder: Path, scale: int) -> tuple[ImagePair, ...]:
 
 def _hr_only_pairs(folder: Path, scale: int) -> tuple[ImagePair, ...]:
     pairs: dict[str, ImagePair] = {}
-    for img in _images_in(folder):
+    for img in images_in(folder):
         key = _hr_key(img, scale)
         if key in pairs:
             raise InputError(f"two HR images share the name {key!r}: {pairs[key].hr} and {img}; remove one")
@@ -252,20 +246,20 @@ def find_test_set(root: str | os.PathLike, scale: int) -> TestSet:
         # 3. EDSR: HR/ + LR_bicubic/X{s}/NAMEx{s}.png.
         lr_root = _child_dir(root, "LR_bicubic")
         if lr_root is not None and (d := _child_dir(lr_root, f"X{s}")) is not None:
-            return found("edsr", _pair_up(_images_in(hr_dir), _images_in(d), s, hr_dir, d))
+            return found("edsr", _pair_up(images_in(hr_dir), images_in(d), s, hr_dir, d))
         # 4. CARN-style: HR/ + bicubic_x{s}/.
         if (d := _child_dir(root, f"bicubic_x{s}")) is not None:
-            return found(f"hr+bicubic_x{s}", _pair_up(_images_in(hr_dir), _images_in(d), s, hr_dir, d))
+            return found(f"hr+bicubic_x{s}", _pair_up(images_in(hr_dir), images_in(d), s, hr_dir, d))
     # 5. BasicSR: GTmod12/ + LRbicx{s}/.
     gt_dir = _child_dir(root, "GTmod12")
     if gt_dir is not None and (d := _child_dir(root, f"LRbicx{s}")) is not None:
-        return found("basicsr", _pair_up(_images_in(gt_dir), _images_in(d), s, gt_dir, d))
+        return found("basicsr", _pair_up(images_in(gt_dir), images_in(d), s, gt_dir, d))
     # 6. DIV2K: DIV2K_{valid,train}_HR/ + DIV2K_{valid,train}_LR_bicubic/X{s}/.
     for split in ("valid", "train"):
         div_hr = _child_dir(root, f"DIV2K_{split}_HR")
         div_lr = _child_dir(root, f"DIV2K_{split}_LR_bicubic")
         if div_hr is not None and div_lr is not None and (d := _child_dir(div_lr, f"X{s}")) is not None:
-            return found("div2k", _pair_up(_images_in(div_hr), _images_in(d), s, div_hr, d))
+            return found("div2k", _pair_up(images_in(div_hr), images_in(d), s, div_hr, d))
 
     # LR exists, just not for this scale: say which scales there are, never fall back silently.
     lr_dirs = _lr_dirs(root)
@@ -276,7 +270,7 @@ def find_test_set(root: str | os.PathLike, scale: int) -> TestSet:
                          f"add x{s} LR images in the same layout or ask for a scale that is there{hint}")
 
     # 7a. Root is itself an image_SRF_{s} / x{s} folder: HR and LR side by side in it.
-    images = _images_in(root)
+    images = images_in(root)
     if any(_strip_role(p.stem)[1] == "LR" for p in images):
         m = re.fullmatch(r"(?:image_SRF_|x|bicubic_x)(\d+)", root.name, re.IGNORECASE)
         if m and int(m.group(1)) != s:
@@ -382,7 +376,7 @@ def list_input_images(path: str | os.PathLike) -> list[Path]:
         if not is_image(path):
             raise InputError(f"{path} is not an image (expected one of {', '.join(IMAGE_EXTENSIONS)})")
         return [path]
-    images = _images_in(path)
+    images = images_in(path)
     if not images:
         raise InputError(f"no images in {path}; expected {', '.join(IMAGE_EXTENSIONS)} files directly in it")
     return images

@@ -4,11 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# Radius of DSRNet's receptive field in LR pixels (conv1-conv16 on the longest path, the upsampler
-# conv and conv17): tiles overlapping by at least this much give the whole-image result.
-RECEPTIVE_RADIUS = 19
-
-
 def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """HWC uint8 RGB -> 1x3xHxW float in [0, 1] (the authors' ToTensor), channels_last in memory.
 
@@ -36,7 +31,8 @@ def forward_tiled(net: torch.nn.Module, x: torch.Tensor, scale: int, tile: int, 
                   batch: int = 4) -> torch.Tensor:
     """SR of a 1x3xHxW tensor from overlapping ``tile``-sized LR windows, run ``batch`` at a time.
 
-    With ``overlap`` >= the receptive radius the result equals whole-image inference up to float
+    With ``overlap`` >= DSRNet's receptive radius (19 LR pixels: conv1-conv16 on the longest path, the
+    upsampler conv and conv17) the result equals whole-image inference up to float
     rounding (in the deterministic gate modes; the sampled gate sees one tile at a time).
     """
     _, _, h, w = x.shape
