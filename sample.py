@@ -23,7 +23,7 @@ from errors import InputError, run_cli  # noqa: E402
 from evaluation import SetResult, evaluate_set, markdown_table, write_per_image_csv  # noqa: E402
 from metrics import QUANTIZE_MODES, to_uint8  # noqa: E402
 from model import GATE_MODES, file_sha256, load_checkpoint  # noqa: E402
-from model.inference import super_resolve  # noqa: E402
+from model.inference import bf16_supported, super_resolve  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quantize", choices=QUANTIZE_MODES, default="truncate", help="SR float -> uint8")
     p.add_argument("--bicubic", action="store_true", help="add the MATLAB-bicubic baseline rows")
     p.add_argument("--self_ensemble", action="store_true", help="x8 flips/rotations ('+' results)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast: faster on GPUs and bf16-capable CPUs, but scores differ slightly "
+                        "from the float32 protocol (see README)")
     p.add_argument("--tile", type=int, help="run in overlapping LR tiles of this size (large images)")
     p.add_argument("--tile_overlap", type=int, default=24, help="LR pixels of context around each tile")
     p.add_argument("--input", help="image or folder to upscale without HR (writes SR images only)")
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     if cfg.tile is not None and cfg.tile <= 2 * cfg.tile_overlap:
         raise InputError(f"--tile {cfg.tile} must exceed twice --tile_overlap ({cfg.tile_overlap})")
     device = pick_device(cfg.cuda)
+    if cfg.bf16 and not bf16_supported(device):
+        raise InputError("--bf16 needs a GPU or a CPU with native bfloat16 (AVX512-BF16 or AMX); "
+                         "this one would emulate it, slower than float32: drop --bf16")
     ckpt = resolve_checkpoint(cfg)
     net = None
     if ckpt is not None:
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     def dsrnet(scale: int):
         def upscale(lr):
             sr = super_resolve(net, lr, scale, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-                               self_ensemble=cfg.self_ensemble, device=device)
+                               self_ensemble=cfg.self_ensemble, device=device, bf16=cfg.bf16)
             return to_uint8(sr, cfg.quantize)
         return upscale
 
@@ -155,7 +161,7 @@ def write_report(path: Path, results: list[SetResult], cfg: argparse.Namespace, 
         "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
         "gate_mode": cfg.gate, "seed": cfg.seed, "quantize": cfg.quantize,
         "shave": "scale" if cfg.shave is None else cfg.shave,
-        "self_ensemble": cfg.self_ensemble, "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
+        "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
         # Where the HR and the saved SR images are, so visualize.py can draw from the report alone.
         "test_data_dirs": [str(Path(d).resolve()) for d in (cfg.test_data_dir or default_test_dirs())],
         "sr_dir": None if cfg.no_save else str((Path(cfg.sample_dir) / (ckpt.stem if ckpt else "bicubic")).resolve()),

@@ -2,8 +2,9 @@
 
     python benchmarks/training.py --train_data_path /work/data/photos80.h5 --scale 2 --steps 60
 
-Both run in this process, one after the other, on the same HDF5 file with the same batch and patch;
-each is timed after a few warm-up steps. The Solver's figure comes from its own training loop
+All loops run in this process, one after the other, on the same HDF5 file with the same batch and
+patch; each is timed after a few warm-up steps. The Solver runs in float32 and, where the hardware
+has it (CUDA, or a CPU with native bfloat16), with ``--amp`` bf16 autocast. The Solver's figure comes from its own training loop
 (`Solver.fit`), so it includes everything a real run does per step.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn as nn  # noqa: E402
 from dataset.train_data import TrainDataset  # noqa: E402
 from errors import run_cli  # noqa: E402
 from model import Net  # noqa: E402
+from model.inference import bf16_supported  # noqa: E402
 from runinfo import environment  # noqa: E402
 from solver import Solver, parse_args  # noqa: E402
 
@@ -30,29 +32,34 @@ from solver import Solver, parse_args  # noqa: E402
 def naive_steps_per_s(h5: str, scale: int, batch: int, patch: int, steps: int, warmup: int) -> float:
     """What a plain script does: items fetched inline, NCHW float32, Adam + MSE + clip."""
     data = TrainDataset(h5, patch, scale, seed=0)
-    net = Net(scale=scale, gate_mode="sample").train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the Solver trains
+    net = Net(scale=scale, gate_mode="sample").train().to(device)
     optim = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     t0 = 0.0
     for k in range(warmup + steps):
         if k == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
         items = [data[k * batch + i][0] for i in range(batch)]
-        hr, lr = torch.stack([h for h, _ in items]), torch.stack([x for _, x in items])
+        hr, lr = torch.stack([h for h, _ in items]).to(device), torch.stack([x for _, x in items]).to(device)
         loss = nn.functional.mse_loss(net(lr, scale), hr)
         optim.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 10.0)
         optim.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return steps / (time.perf_counter() - t0)
 
 
 def solver_steps_per_s(h5: str, scale: int, batch: int, patch: int, steps: int, warmup: int,
-                       workers: int) -> float:
+                       workers: int, extra: list[str]) -> float:
     """The repository's loop: warm up ``warmup`` steps, then resume and time ``steps`` more."""
     with tempfile.TemporaryDirectory() as ckpt_dir:
         common = ["--train_data_path", h5, "--scale", str(scale), "--batch_size", str(batch),
                   "--patch_size", str(patch), "--ckpt_dir", ckpt_dir, "--num_workers", str(workers),
-                  "--print_interval", str(10 ** 9), "--log_interval", str(10 ** 9)]
+                  "--print_interval", str(10 ** 9), "--log_interval", str(10 ** 9), *extra]
         Solver(parse_args(common + ["--max_steps", str(warmup)])).fit()
         solver = Solver(parse_args(common + ["--max_steps", str(warmup + steps), "--resume"]))
         t0 = time.perf_counter()
@@ -73,13 +80,16 @@ def main(argv: list[str] | None = None) -> None:
     env = environment()
     print(f"# {env['command']}\n# torch {env['torch']}, {torch.get_num_threads()} threads, git {env['git_commit']}")
     args = (cfg.train_data_path, cfg.scale, cfg.batch_size, cfg.patch_size, cfg.steps, cfg.warmup)
-    naive = naive_steps_per_s(*args)
-    ours = solver_steps_per_s(*args, cfg.num_workers)
+    loops = {"naive (inline data, NCHW, fp32)": naive_steps_per_s(*args),
+             f"Solver ({cfg.num_workers} workers, fp32)": solver_steps_per_s(*args, cfg.num_workers, [])}
+    if bf16_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
+        loops[f"Solver ({cfg.num_workers} workers, --amp bf16)"] = \
+            solver_steps_per_s(*args, cfg.num_workers, ["--amp", "bf16"])
+    naive = next(iter(loops.values()))
     print(f"x{cfg.scale}, batch {cfg.batch_size}, LR patch {cfg.patch_size}, {cfg.steps} timed steps")
-    print(f"| loop | steps/s | samples/s |\n|---|---|---|")
-    print(f"| naive (inline data, NCHW, fp32) | {naive:.2f} | {naive * cfg.batch_size:.1f} |")
-    print(f"| Solver ({cfg.num_workers} workers) | {ours:.2f} | {ours * cfg.batch_size:.1f} |")
-    print(f"Solver / naive: {ours / naive:.2f}x")
+    print("| loop | steps/s | samples/s | vs naive |\n|---|---|---|---|")
+    for name, rate in loops.items():
+        print(f"| {name} | {rate:.2f} | {rate * cfg.batch_size:.1f} | {rate / naive:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ class ConvReLUChain(nn.Module):
 class MeanShift(nn.Module):
     """Frozen 1x1 conv adding (sign=+1) or subtracting (sign=-1) the DIV2K RGB mean.
 
-    Kept as a conv rather than a constant so the authors' checkpoint tensors have a home.
+    Kept as a conv rather than a constant so the authors' checkpoint tensors have a home. It always
+    runs in float32: under bf16 autocast the image itself would be rounded to steps of up to 1/256.
     """
 
     def __init__(self, sign: int, mean: tuple[float, float, float] = DIV2K_RGB_MEAN):
@@ -43,6 +44,9 @@ class MeanShift(nn.Module):
         self.shifter.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.shifter(x.float())
         return self.shifter(x)
 
 

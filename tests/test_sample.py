@@ -75,6 +75,16 @@ def test_self_ensemble_runs_and_helps(weights_x2, small_set):
     assert plus.method == "DSRNet+" and plus.psnr > plain.psnr
 
 
+def test_bf16_is_close_to_float32_and_refused_where_emulated(weights_x2, small_set, monkeypatch):
+    args = ["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--no_save", "--quiet"]
+    if sample.bf16_supported(sample.pick_device(False)):
+        fp32, bf16 = sample.main(args)[0], sample.main(args + ["--bf16"])[0]
+        assert bf16.psnr != fp32.psnr and abs(bf16.psnr - fp32.psnr) < 0.15  # 2 small crops: noisy
+    monkeypatch.setattr(sample, "bf16_supported", lambda device: False)
+    with pytest.raises(InputError, match="--bf16 needs a GPU or a CPU with native bfloat16"):
+        sample.main(args + ["--bf16"])
+
+
 def test_input_without_hr(weights_x2, tmp_path):
     img = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
     write_image(tmp_path / "in" / "a.png", img)

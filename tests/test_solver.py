@@ -24,6 +24,7 @@ from dataset.imresize import imresize
 from dataset.io import write_image
 from errors import InputError
 from model import load_checkpoint, read_checkpoint
+from model.inference import bf16_supported
 from solver import Solver, StepSampler, get_lr, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +177,25 @@ def test_resume_is_bit_exact_after_signal_and_from_any_checkpoint(data, tmp_path
         make(data, tmp_path / "b", *common, "--resume", str(tmp_path / "b" / "dsrnet_x2_12.pth"), scale=4)
 
 
+@pytest.mark.skipif(torch.cuda.is_available() or not bf16_supported(torch.device("cpu")),
+                    reason="CPU bf16 path: needs a CPU with native bfloat16 (and runs only where CUDA is absent)")
+def test_cpu_bf16_learns_and_resumes_bit_exactly(data, tmp_path):
+    common = ("--amp", "--lr", "1e-3", "--patch_size", "16", "--max_steps", "16", "--print_interval", "8")
+    straight = make(data, tmp_path / "a", *common)
+    dtypes = set()
+    straight.net.residual_enhancement.conv2.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    straight.fit()
+    assert dtypes == {torch.bfloat16}
+    rows = log_rows(tmp_path / "a")
+    assert float(rows[-1]["loss"]) < 0.5 * float(rows[0]["loss"])
+    assert all(p.dtype == torch.float32 for p in straight.net.parameters())  # autocast keeps fp32 masters
+    raw = torch.load(tmp_path / "a" / "dsrnet_x2_16.pth", map_location="cpu", weights_only=True)
+    assert raw["config"]["amp"] == "bf16"
+    resumed = make(data, tmp_path / "a", *common, "--resume", str(tmp_path / "a" / "dsrnet_x2_8.pth"))
+    resumed.fit()
+    assert_same_training_state(straight, resumed)
+
+
 def test_nan_loss_stops_keeping_the_last_good_checkpoint(data, tmp_path):
     s = make(data, tmp_path, "--max_steps", "10", "--print_interval", "2")
     inject(s, 5, lambda loss: loss * float("nan"))
@@ -288,8 +308,11 @@ def test_refusals_in_process(data, tmp_path):
     with pytest.raises(InputError, match="torchrun --nproc_per_node 2"):
         make(data, tmp_path, "--num_gpu", "2")
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="--amp needs a CUDA GPU"):
-            make(data, tmp_path, "--amp")
+        with pytest.raises(InputError, match="--amp fp16 needs a CUDA GPU"):
+            make(data, tmp_path, "--amp", "fp16")
+        if not bf16_supported(torch.device("cpu")):
+            with pytest.raises(InputError, match="needs native bfloat16"):
+                make(data, tmp_path, "--amp")
     with pytest.raises(InputError, match="--init_from .*: no such file"):
         make(data, tmp_path, "--init_from", str(tmp_path / "nope.pth"))
     with pytest.raises(InputError, match="no dsrnet_x2_<step>.pth"):
