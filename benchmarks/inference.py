@@ -13,6 +13,8 @@ compute the selected branch, as the default path does, so that their outputs can
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import sys
 import time
@@ -30,6 +32,7 @@ from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from model.inference import bf16_supported, image_to_tensor  # noqa: E402
 from model.reference import reference_forward  # noqa: E402
+from benchmarks.report import printed_to  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 DEFAULT_WEIGHTS = [ROOT / "checkpoint" / "DSRNet_x2_600000.pth", ROOT.parent / "shared" / "weights" / "DSRNet_x2_600000.pth"]
@@ -172,7 +175,7 @@ def end_to_end(cfg: argparse.Namespace, device: torch.device) -> None:
         loops["sample.py --bf16 (opt-in)"] = lambda tmp: sample.main(ours + ["--sample_dir", str(tmp), "--bf16"])[0].psnr
     rows = {}
     for name, run in loops.items():
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # sample.py's table
             t0 = time.perf_counter()
             psnr = run(Path(tmp))
             rows[name] = (time.perf_counter() - t0, psnr)
@@ -193,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile(net)")
     p.add_argument("--end_to_end", metavar="TEST_SET", help="time sample.py vs the authors' loop on a test set")
     p.add_argument("--cuda", action="store_true", help="run on the GPU")
+    p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_inference.md)")
     cfg = p.parse_args(argv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -200,12 +204,13 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError("--cuda given but no CUDA device is available")
     device = torch.device("cuda" if cfg.cuda else "cpu")
     env = environment()
-    print(f"# {env['command']}\n# torch {env['torch']}, {env['device_name'] or env['platform']}, "
-          f"{torch.get_num_threads()} threads, git {env['git_commit']}")
-    if cfg.end_to_end:
-        end_to_end(cfg, device)
-    else:
-        forward_benchmark(cfg, device)
+    with printed_to(cfg.report):
+        print(f"# {env['command']}\n# torch {env['torch']}, {env['device_name'] or env['platform']}, "
+              f"{torch.get_num_threads()} threads, git {env['git_commit']}")
+        if cfg.end_to_end:
+            end_to_end(cfg, device)
+        else:
+            forward_benchmark(cfg, device)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ has it (CUDA, or a CPU with native bfloat16), with ``--amp`` bf16 autocast. The 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import tempfile
 import time
@@ -25,6 +27,7 @@ from dataset.train_data import TrainDataset  # noqa: E402
 from errors import run_cli  # noqa: E402
 from model import Net  # noqa: E402
 from model.inference import bf16_supported  # noqa: E402
+from benchmarks.report import printed_to  # noqa: E402
 from runinfo import environment  # noqa: E402
 from solver import Solver, parse_args  # noqa: E402
 
@@ -76,20 +79,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--num_workers", type=int, default=1)
+    p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_training.md)")
     cfg = p.parse_args(argv)
     env = environment()
-    print(f"# {env['command']}\n# torch {env['torch']}, {torch.get_num_threads()} threads, git {env['git_commit']}")
     args = (cfg.train_data_path, cfg.scale, cfg.batch_size, cfg.patch_size, cfg.steps, cfg.warmup)
-    loops = {"naive (inline data, NCHW, fp32)": naive_steps_per_s(*args),
-             f"Solver ({cfg.num_workers} workers, fp32)": solver_steps_per_s(*args, cfg.num_workers, [])}
-    if bf16_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
-        loops[f"Solver ({cfg.num_workers} workers, --amp bf16)"] = \
-            solver_steps_per_s(*args, cfg.num_workers, ["--amp", "bf16"])
+    with contextlib.redirect_stdout(io.StringIO()):  # the Solver's own log lines
+        loops = {"naive (inline data, NCHW, fp32)": naive_steps_per_s(*args),
+                 f"Solver ({cfg.num_workers} workers, fp32)": solver_steps_per_s(*args, cfg.num_workers, [])}
+        if bf16_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
+            loops[f"Solver ({cfg.num_workers} workers, --amp bf16)"] = \
+                solver_steps_per_s(*args, cfg.num_workers, ["--amp", "bf16"])
     naive = next(iter(loops.values()))
-    print(f"x{cfg.scale}, batch {cfg.batch_size}, LR patch {cfg.patch_size}, {cfg.steps} timed steps")
-    print("| loop | steps/s | samples/s | vs naive |\n|---|---|---|---|")
-    for name, rate in loops.items():
-        print(f"| {name} | {rate:.2f} | {rate * cfg.batch_size:.1f} | {rate / naive:.2f}x |")
+    with printed_to(cfg.report):
+        print(f"# {env['command']}\n# torch {env['torch']}, {env['device_name'] or env['platform']}, "
+              f"{torch.get_num_threads()} threads, git {env['git_commit']}")
+        print(f"x{cfg.scale}, batch {cfg.batch_size}, LR patch {cfg.patch_size}, {cfg.steps} timed steps")
+        print("| loop | steps/s | samples/s | vs naive |\n|---|---|---|---|")
+        for name, rate in loops.items():
+            print(f"| {name} | {rate:.2f} | {rate * cfg.batch_size:.1f} | {rate / naive:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""Benchmarks print markdown; ``--report PATH`` also keeps exactly what was printed, written atomically."""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from dataset.io import atomic_write_bytes
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams: TextIO):
+        self.streams = streams
+
+    def write(self, s: str) -> int:
+        for stream in self.streams:
+            stream.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def printed_to(path: str | None) -> Iterator[None]:
+    """Copy stdout into ``path`` (if given) once the block finishes without error."""
+    if path is None:
+        yield
+        return
+    kept = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, kept)):
+        yield
+    atomic_write_bytes(Path(path), kept.getvalue().encode())

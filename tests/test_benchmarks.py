@@ -1,0 +1,54 @@
+"""The speed benchmarks run end to end on tiny inputs: tables, reports, and fast paths equal to eager.
+
+Speed itself is never asserted here (see benchmarks/); only that every float32 path computes what the
+authors' eager forward computes, and that the reports hold what was printed.
+"""
+import re
+
+import numpy as np
+import torch
+
+from benchmarks import inference, training
+from dataset.div2h5 import pack_hr_folder
+from dataset.io import write_image
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+def test_forward_benchmark_paths_agree_and_report(weights_x2, tmp_path, capsys):
+    report = tmp_path / "speed.md"
+    inference.main(["--ckpt_path", str(weights_x2), "--size", "24", "--rounds", "1", "--warmup", "0",
+                    "--report", str(report)])
+    printed = capsys.readouterr().out
+    assert report.read_text() == printed
+    rows = _rows(printed)
+    assert {"authors' code as written (autograd on)", "authors' forward under no_grad",
+            "default path (fp32)"} <= rows.keys()
+    for name, cells in rows.items():
+        diff = float(cells[-1])
+        assert diff <= 1e-4 if "bf16" not in name else 1e-4 < diff < 0.1, (name, diff)
+    assert re.search(r"roof: a 2048\^3 matmul, \d+ GFLOP/s in fp32", printed)
+
+
+def test_training_benchmark_reports_every_loop(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        write_image(tmp_path / "hr" / f"{k}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    pack_hr_folder(tmp_path / "hr", tmp_path / "tiny.h5", scales=(2,))
+    report = tmp_path / "train.md"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        training.main(["--train_data_path", str(tmp_path / "tiny.h5"), "--batch_size", "2", "--patch_size", "8",
+                       "--steps", "2", "--warmup", "1", "--num_workers", "0", "--report", str(report)])
+    finally:
+        torch.set_num_threads(before)
+    printed = capsys.readouterr().out
+    assert report.read_text() == printed
+    rows = _rows(report.read_text())
+    assert "naive (inline data, NCHW, fp32)" in rows and "Solver (0 workers, fp32)" in rows
+    assert rows["naive (inline data, NCHW, fp32)"][-1] == "1.00x"
+    assert all(float(cells[0]) > 0 for cells in rows.values())
