@@ -31,8 +31,8 @@ class ConvReLUChain(nn.Module):
 class MeanShift(nn.Module):
     """Frozen 1x1 conv adding (sign=+1) or subtracting (sign=-1) the DIV2K RGB mean.
 
-    Kept as a conv rather than a constant so the authors' checkpoint tensors have a home. It always
-    runs in float32: under bf16 autocast the image itself would be rounded to steps of up to 1/256.
+    Kept as a conv rather than a constant so the authors' checkpoint tensors have a home. Under
+    autocast it stays in float32: in bf16 the image itself would be rounded to steps of up to 1/256.
     """
 
     def __init__(self, sign: int, mean: tuple[float, float, float] = DIV2K_RGB_MEAN):
