@@ -9,12 +9,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    return _git("rev-parse", "HEAD") or None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit: a result made so is not reproducible from it alone."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def environment() -> dict:
@@ -24,6 +34,7 @@ def environment() -> dict:
     return {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a TorchVersion would not load with weights_only
         "numpy": numpy.__version__,

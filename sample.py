@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
                 print(dst)
         return []
 
-    test_sets = [find_test_set(d, s) for d in (cfg.test_data_dir or default_test_dirs()) for s in scales]
+    test_dirs = cfg.test_data_dir or default_test_dirs()
+    test_sets = [find_test_set(d, s) for d in test_dirs for s in scales]
     results: list[SetResult] = []
     for ts in test_sets:
         jobs = [("Bicubic", lambda lr, s=ts.scale: imresize(lr, s))] if cfg.bicubic else []
@@ -149,12 +150,12 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     table = markdown_table(results)
     print("\n" + table)
     if cfg.report:
-        write_report(Path(cfg.report), results, cfg, ckpt, table)
+        write_report(Path(cfg.report), results, cfg, ckpt, table, test_dirs)
     return results
 
 
 def write_report(path: Path, results: list[SetResult], cfg: argparse.Namespace, ckpt: Path | None,
-                 table: str) -> None:
+                 table: str, test_dirs: list[str]) -> None:
     """JSON with results + settings + provenance, a markdown summary and a per-image CSV, each atomic."""
     settings = {
         "checkpoint": str(ckpt) if ckpt else None,
@@ -163,7 +164,7 @@ def write_report(path: Path, results: list[SetResult], cfg: argparse.Namespace, 
         "shave": "scale" if cfg.shave is None else cfg.shave,
         "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
         # Where the HR and the saved SR images are, so visualize.py can draw from the report alone.
-        "test_data_dirs": [str(Path(d).resolve()) for d in (cfg.test_data_dir or default_test_dirs())],
+        "test_data_dirs": [str(Path(d).resolve()) for d in test_dirs],
         "sr_dir": None if cfg.no_save else str((Path(cfg.sample_dir) / (ckpt.stem if ckpt else "bicubic")).resolve()),
     }
     doc = {"results": [r.summary() for r in results], "settings": settings, "environment": environment()}

@@ -283,7 +283,8 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
         "# DSRNet complexity: ours vs the paper (Tables 7 and 8)", "",
         f"Written by `benchmarks/complexity.py`. Command: `{env['command']}`  ",
         f"Device: {cfg.device} ({env['device_name'] or 'unknown CPU'}), {env['threads']} torch threads, "
-        f"torch {env['torch']}, Python {env['python']}, {env['platform']}, git {env['git_commit'] or 'n/a'}.  ",
+        f"torch {env['torch']}, Python {env['python']}, {env['platform']}, git {env['git_commit'] or 'n/a'}"
+        f"{' (uncommitted changes)' if env['git_dirty'] else ''}.  ",
         f"Weights: {weights}; x3/x4 are randomly initialised nets of the right shape (counts and timings do "
         "not depend on weight values).", "",
         "## Side by side", "",

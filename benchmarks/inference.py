@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     env = environment()
     with printed_to(cfg.report):
         print(f"# {env['command']}\n# torch {env['torch']}, {env['device_name'] or env['platform']}, "
-              f"{torch.get_num_threads()} threads, git {env['git_commit']}")
+              f"{torch.get_num_threads()} threads, git {env['git_commit']}"
+              f"{' (uncommitted changes)' if env['git_dirty'] else ''}")
         if cfg.end_to_end:
             end_to_end(cfg, device)
         else:

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     naive = next(iter(loops.values()))
     with printed_to(cfg.report):
         print(f"# {env['command']}\n# torch {env['torch']}, {env['device_name'] or env['platform']}, "
-              f"{torch.get_num_threads()} threads, git {env['git_commit']}")
+              f"{torch.get_num_threads()} threads, git {env['git_commit']}"
+              f"{' (uncommitted changes)' if env['git_dirty'] else ''}")
         print(f"x{cfg.scale}, batch {cfg.batch_size}, LR patch {cfg.patch_size}, {cfg.steps} timed steps")
         print("| loop | steps/s | samples/s | vs naive |\n|---|---|---|---|")
         for name, rate in loops.items():

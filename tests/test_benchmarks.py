@@ -1,4 +1,4 @@
-"""The speed benchmarks run end to end on tiny inputs: tables, reports, and fast paths equal to eager.
+"""The speed benchmarks run end to end on tiny inputs: tables, reports, provenance, fast paths equal to eager.
 
 Speed itself is never asserted here (see benchmarks/); only that every float32 path computes what the
 authors' eager forward computes, and that the reports hold what was printed.
@@ -52,3 +52,12 @@ def test_training_benchmark_reports_every_loop(tmp_path, capsys):
     assert "naive (inline data, NCHW, fp32)" in rows and "Solver (0 workers, fp32)" in rows
     assert rows["naive (inline data, NCHW, fp32)"][-1] == "1.00x"
     assert all(float(cells[0]) > 0 for cells in rows.values())
+
+
+def test_provenance_flags_uncommitted_changes(monkeypatch):
+    import runinfo
+
+    for status, dirty in (("", False), (" M solver.py", True), (None, None)):
+        monkeypatch.setattr(runinfo, "_git", lambda *args, s=status: s)
+        assert runinfo.git_dirty() is dirty
+    assert runinfo.environment()["git_dirty"] is None  # git itself unavailable here
