@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bicubic", action="store_true", help="add the MATLAB-bicubic baseline rows")
     p.add_argument("--self_ensemble", action="store_true", help="x8 flips/rotations ('+' results)")
     p.add_argument("--bf16", action="store_true",
-                   help="bfloat16 autocast: faster on GPUs and bf16-capable CPUs, but scores differ slightly "
+                   help="bfloat16 autocast: faster on Ampere+ GPUs and bf16-capable CPUs; scores differ slightly "
                         "from the float32 protocol (see README)")
     p.add_argument("--tile", type=int, help="run in overlapping LR tiles of this size (large images)")
     p.add_argument("--tile_overlap", type=int, default=24, help="LR pixels of context around each tile")
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
         raise InputError(f"--tile {cfg.tile} must exceed twice --tile_overlap ({cfg.tile_overlap})")
     device = pick_device(cfg.cuda)
     if cfg.bf16 and not bf16_supported(device):
-        raise InputError("--bf16 needs a GPU or a CPU with native bfloat16 (AVX512-BF16 or AMX); "
-                         "this one would emulate it, slower than float32: drop --bf16")
+        raise InputError("--bf16 needs native bfloat16 (an Ampere or newer GPU, or a CPU with AVX512-BF16 or "
+                         "AMX); this machine would emulate it, slower than float32: drop --bf16")
     ckpt = resolve_checkpoint(cfg)
     net = None
     if ckpt is not None:

@@ -225,14 +225,14 @@ def check_writable(folder: Path) -> None:
 
 
 def check_amp(amp: str | None, device: torch.device) -> None:
-    """Mixed precision where the hardware has it: fp16 on CUDA, bf16 on CUDA or a bf16-capable CPU."""
-    if amp is None or device.type == "cuda":
+    """Mixed precision where the hardware has it: fp16 on CUDA, bf16 on bf16-capable GPUs and CPUs."""
+    if amp is None or (amp == "fp16" and device.type == "cuda"):
         return
     if amp == "fp16":
         raise InputError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16, or drop --amp for float32")
     if not bf16_supported(device):
-        raise InputError("--amp bf16 on the CPU needs native bfloat16 (AVX512-BF16 or AMX), which this CPU "
-                         "lacks: drop --amp to train in float32")
+        raise InputError(f"--amp bf16 needs native bfloat16 (an Ampere or newer GPU, or a CPU with AVX512-BF16 "
+                         f"or AMX), which this {device.type.upper()} lacks: use --amp fp16 on a GPU, or drop --amp")
 
 
 def init_distributed(num_gpu: int | None) -> tuple[int, int, torch.device]:

@@ -6,11 +6,13 @@ import torch
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether bfloat16 convolutions run natively here (CUDA, or a CPU with AVX512-BF16/AMX).
+    """Whether bfloat16 convolutions run natively here (an Ampere+ GPU, or a CPU with AVX512-BF16/AMX).
 
     Elsewhere autocast would emulate bf16 and run slower than float32, so callers refuse it.
     """
-    return device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
