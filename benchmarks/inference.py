@@ -28,13 +28,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.complexity import count_flops, meta_net  # noqa: E402
+from benchmarks.report import printed_to  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from model.inference import bf16_supported, image_to_tensor  # noqa: E402
 from model.reference import reference_forward  # noqa: E402
-from benchmarks.report import printed_to  # noqa: E402
 from runinfo import environment  # noqa: E402
 
+BF16_PATH = "sample.py --bf16 (opt-in)"
 DEFAULT_WEIGHTS = [ROOT / "checkpoint" / "DSRNet_x2_600000.pth", ROOT.parent / "shared" / "weights" / "DSRNet_x2_600000.pth"]
 
 
@@ -106,7 +107,7 @@ def forward_benchmark(cfg: argparse.Namespace, device: torch.device) -> None:
         def bf16() -> torch.Tensor:
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
                 return net(image_to_tensor(lr_u8, device), 2).float()
-        paths["sample.py --bf16 (opt-in)"] = bf16
+        paths[BF16_PATH] = bf16
     if cfg.compile:
         compiled = torch.compile(net, dynamic=False)
         t0 = time.perf_counter()
@@ -121,18 +122,18 @@ def forward_benchmark(cfg: argparse.Namespace, device: torch.device) -> None:
     ref = eager_no_grad()
     diffs = {name: float((fn() - ref).abs().max()) for name, fn in paths.items()}
     flops = count_flops(meta_net(2), (cfg.size, cfg.size), 2)[0]
-    by_dtype = {dt: matmul_roof(device, dt) for dt in {torch.bfloat16 if "bf16" in n else torch.float32 for n in paths}}
-    roofs = {name: by_dtype[torch.bfloat16 if "bf16" in name else torch.float32] for name in paths}
+    precision = {name: torch.bfloat16 if name == BF16_PATH else torch.float32 for name in paths}
+    roofs = {dt: matmul_roof(device, dt) for dt in set(precision.values())}
     times = interleaved(paths, cfg.rounds, cfg.warmup, device)
     written, no_grad = times["authors' code as written (autograd on)"], times["authors' forward under no_grad"]
     print(f"x2, LR {cfg.size}x{cfg.size}, selected branch: {flops / 1e9:.2f} GFLOP per forward "
-          f"(torch.utils.flop_counter); roof: a 2048^3 matmul, {roofs['default path (fp32)']:.0f} GFLOP/s "
-          f"in fp32" + "".join(f", {r:.0f} in bf16" for n, r in roofs.items() if "bf16" in n))
+          f"(torch.utils.flop_counter); roof: a 2048^3 matmul, {roofs[torch.float32]:.0f} GFLOP/s in fp32"
+          + (f", {roofs[torch.bfloat16]:.0f} in bf16" if torch.bfloat16 in roofs else ""))
     print("| path | ms | vs as written | vs no_grad eager | GFLOP/s | % of roof | max abs diff |\n"
           "|---|---|---|---|---|---|---|")
     for name, t in times.items():
         print(f"| {name} | {t * 1e3:.1f} | {written / t:.2f}x | {no_grad / t:.2f}x | {flops / t / 1e9:.0f} | "
-              f"{100 * flops / t / 1e9 / roofs[name]:.0f} % | {diffs[name]:.1e} |")
+              f"{100 * flops / t / 1e9 / roofs[precision[name]]:.0f} % | {diffs[name]:.1e} |")
     print("% of roof: against the matmul roof of the path's own precision. max abs diff: against the no_grad "
           "eager output on the [0, 1] scale; float32 paths must stay <= 1e-4, bf16 cannot")
 
@@ -167,12 +168,14 @@ def end_to_end(cfg: argparse.Namespace, device: torch.device) -> None:
     raw = {k: v.to(device) for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
     ts = find_test_set(cfg.end_to_end, 2)
     pairs = [(ts, p) for p in ts.pairs]
-    ours = ["--ckpt_path", str(weights), "--test_data_dir", cfg.end_to_end, "--quiet"]
-    loops = {"authors' loop as written (autograd on)": lambda tmp: authors_loop(as_parameters(raw), pairs, tmp, device),
-             "authors' loop under no_grad": lambda tmp: torch.no_grad()(authors_loop)(raw, pairs, tmp, device),
-             "sample.py": lambda tmp: sample.main(ours + ["--sample_dir", str(tmp)])[0].psnr}
+    sample_args = ["--ckpt_path", str(weights), "--test_data_dir", cfg.end_to_end, "--quiet", "--sample_dir"]
+    loops = {
+        "authors' loop as written (autograd on)": lambda tmp: authors_loop(as_parameters(raw), pairs, tmp, device),
+        "authors' loop under no_grad": lambda tmp: torch.no_grad()(authors_loop)(raw, pairs, tmp, device),
+        "sample.py": lambda tmp: sample.main(sample_args + [str(tmp)])[0].psnr,
+    }
     if bf16_supported(device):
-        loops["sample.py --bf16 (opt-in)"] = lambda tmp: sample.main(ours + ["--sample_dir", str(tmp), "--bf16"])[0].psnr
+        loops[BF16_PATH] = lambda tmp: sample.main(sample_args + [str(tmp), "--bf16"])[0].psnr
     rows = {}
     for name, run in loops.items():
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # sample.py's table

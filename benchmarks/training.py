@@ -4,8 +4,8 @@
 
 All loops run in this process, one after the other, on the same HDF5 file with the same batch and
 patch; each is timed after a few warm-up steps. The Solver runs in float32 and, where the hardware
-has it (CUDA, or a CPU with native bfloat16), with ``--amp`` bf16 autocast. The Solver's figure comes from its own training loop
-(`Solver.fit`), so it includes everything a real run does per step.
+has native bfloat16, with ``--amp`` bf16 autocast. Its figures come from its own training loop
+(`Solver.fit`), so they include everything a real run does per step.
 """
 from __future__ import annotations
 
