@@ -4,10 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.complexity import (closest_combinations, count_flops, count_parameters, meta_net, parameter_rows,
                                    used_parameter_names)
 from model import Net, load_checkpoint
+from model.inference import bf16_supported
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +96,7 @@ def test_quick_report(tmp_path):
         assert section in text
     assert "934,602" in text and "0.7461M" in text and "49.25G" in text
     assert "| x2 | 48² | 24² |" in text
+    assert ("| x4 bf16 |" in text) == bf16_supported(torch.device("cpu"))
 
 
 def test_bad_arguments_are_one_line(tmp_path):
