@@ -23,11 +23,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from benchmarks.report import printed_to  # noqa: E402
 from dataset.train_data import TrainDataset  # noqa: E402
 from errors import run_cli  # noqa: E402
 from model import Net  # noqa: E402
 from model.inference import bf16_supported  # noqa: E402
-from benchmarks.report import printed_to  # noqa: E402
 from runinfo import environment  # noqa: E402
 from solver import Solver, parse_args  # noqa: E402
 
