@@ -24,6 +24,16 @@ from metrics import psnr_y, ssim_y
 Upscaler = Callable[[np.ndarray], np.ndarray]  # LR uint8 HWC -> SR uint8 HWC
 
 
+def method_sr_folder(root: str | Path, dataset: str, scale: int, method: str) -> Path:
+    """Where ``sample.py`` saves one method's SR images of one test set; ``visualize.py`` reads them back."""
+    return Path(root) / dataset / f"x{scale}" / method.lower()
+
+
+def sr_image_path(folder: Path, image: str) -> Path:
+    """The SR PNG of test image ``image`` inside a folder given to :func:`evaluate_set` as ``save_dir``."""
+    return folder / f"{image}_SR.png"
+
+
 @dataclass
 class ImageResult:
     name: str
@@ -103,8 +113,13 @@ def _score_and_save(name: str, sr: np.ndarray, hr: np.ndarray, shave: int, secon
     if sr.shape != hr.shape:
         raise ValueError(f"{name}: SR is {sr.shape[:2]} but HR is {hr.shape[:2]}")
     if save_dir is not None:
-        write_image(save_dir / f"{name}_SR.png", sr)
+        write_image(sr_image_path(save_dir, name), sr)
     return ImageResult(name, psnr_y(sr, hr, shave), ssim_y(sr, hr, shave), seconds)
+
+
+def per_image_csv_beside(report: Path) -> Path:
+    """The per-image CSV that ``sample.py --report REPORT.json`` writes next to its JSON."""
+    return report.with_name(report.stem + "_per_image.csv")
 
 
 def write_per_image_csv(path: Path, results: list[SetResult]) -> None:

@@ -20,7 +20,8 @@ from dataset.imresize import imresize  # noqa: E402
 from dataset.io import atomic_write_bytes, read_image, write_image  # noqa: E402
 from dataset.layouts import find_test_set, list_input_images  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
-from evaluation import SetResult, evaluate_set, markdown_table, write_per_image_csv  # noqa: E402
+from evaluation import (SetResult, evaluate_set, markdown_table, method_sr_folder,  # noqa: E402
+                        per_image_csv_beside, write_per_image_csv)
 from metrics import QUANTIZE_MODES, to_uint8  # noqa: E402
 from model import GATE_MODES, file_sha256, load_checkpoint  # noqa: E402
 from model.inference import bf16_supported, super_resolve  # noqa: E402
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
         if net is not None:
             jobs.append((method, dsrnet(ts.scale)))
         for name, upscale in jobs:
-            save = None if cfg.no_save else out_root / ts.name / f"x{ts.scale}" / name.lower()
+            save = None if cfg.no_save else method_sr_folder(out_root, ts.name, ts.scale, name)
             if net is not None:
                 net.wide_enhancement.branch_counts.clear()
             r = evaluate_set(upscale, ts, name, shave=cfg.shave, save_dir=save, workers=cfg.workers,
@@ -170,7 +171,7 @@ def write_report(path: Path, results: list[SetResult], cfg: argparse.Namespace, 
     doc = {"results": [r.summary() for r in results], "settings": settings, "environment": environment()}
     atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
     atomic_write_bytes(path.with_suffix(".md"), (table + "\n").encode())
-    write_per_image_csv(path.with_name(path.stem + "_per_image.csv"), results)
+    write_per_image_csv(per_image_csv_beside(path), results)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from dataset.io import atomic_write_bytes, read_image  # noqa: E402
 from dataset.layouts import find_test_set, load_pair  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
+from evaluation import method_sr_folder, per_image_csv_beside, sr_image_path  # noqa: E402
 from metrics import rgb_to_y  # noqa: E402
 
 BICUBIC = "Bicubic"
@@ -94,7 +95,7 @@ def _read_report(path: Path) -> dict:
 
 
 def _read_rows(report: Path, index: int) -> list[_Row]:
-    path = report.with_name(report.stem + "_per_image.csv")
+    path = per_image_csv_beside(report)
     if not path.is_file():
         raise InputError(f"{path} not found: sample.py writes it beside {report.name}; rerun sample.py --report")
     try:
@@ -175,8 +176,8 @@ def load_comparison(reports: Sequence[str | Path], image: str | None = None, dat
     hr = _read_hr(docs[rows[0].report]["settings"], *key)
     panels = []
     for r in rows:
-        sr_path = (Path(docs[r.report]["settings"]["sr_dir"]) / r.dataset / f"x{r.scale}" / r.method.lower()
-                   / f"{r.image}_SR.png")
+        sr_path = sr_image_path(method_sr_folder(docs[r.report]["settings"]["sr_dir"], r.dataset, r.scale, r.method),
+                                r.image)
         if not sr_path.is_file():
             raise InputError(f"SR image {sr_path} is missing: rerun sample.py for {paths[r.report]}")
         sr = read_image(sr_path)
