@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import statistics
 import sys
 import time
@@ -31,12 +32,13 @@ from benchmarks.complexity import count_flops, meta_net  # noqa: E402
 from benchmarks.report import printed_to  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from model.inference import bf16_supported, image_to_tensor  # noqa: E402
+from model.inference import bf16_supported, image_to_tensor, super_resolve  # noqa: E402
 from model.reference import reference_forward  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 BF16_PATH = "sample.py --bf16 (opt-in)"
-DEFAULT_WEIGHTS = [ROOT / "checkpoint" / "DSRNet_x2_600000.pth", ROOT.parent / "shared" / "weights" / "DSRNet_x2_600000.pth"]
+DEFAULT_WEIGHTS = [ROOT / "checkpoint" / "DSRNet_x2_600000.pth",
+                   ROOT.parent / "shared" / "weights" / "DSRNet_x2_600000.pth"]
 
 
 def find_weights(path: str | None) -> Path:
@@ -162,7 +164,7 @@ def end_to_end(cfg: argparse.Namespace, device: torch.device) -> None:
     import tempfile
 
     import sample
-    from dataset.layouts import find_test_set
+    from dataset.layouts import find_test_set, load_pair
 
     weights = find_weights(cfg.ckpt_path)
     raw = {k: v.to(device) for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
@@ -176,6 +178,9 @@ def end_to_end(cfg: argparse.Namespace, device: torch.device) -> None:
     }
     if bf16_supported(device):
         loops[BF16_PATH] = lambda tmp: sample.main(sample_args + [str(tmp), "--bf16"])[0].psnr
+    net, lrs = load_checkpoint(weights, device=device), [load_pair(ts, p)[1] for p in ts.pairs]
+    loops["the default path's forwards alone (images in memory, nothing saved or scored)"] = \
+        lambda tmp: [super_resolve(net, lr, 2) for lr in lrs] and math.nan
     rows = {}
     for name, run in loops.items():
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # sample.py's table
@@ -186,7 +191,7 @@ def end_to_end(cfg: argparse.Namespace, device: torch.device) -> None:
     print(f"end to end on {ts.name} x2 ({len(ts.pairs)} images, SR PNGs written, Y PSNR/SSIM):")
     print("| loop | seconds | share of as written | PSNR |\n|---|---|---|---|")
     for name, (seconds, psnr) in rows.items():
-        print(f"| {name} | {seconds:.1f} | {seconds / written:.2f} | {psnr:.4f} |")
+        print(f"| {name} | {seconds:.1f} | {seconds / written:.2f} | {'-' if math.isnan(psnr) else f'{psnr:.4f}'} |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import torch
 
-from benchmarks import inference, training
+from benchmarks import alternatives, inference, training
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import write_image
 
@@ -31,6 +31,24 @@ def test_forward_benchmark_paths_agree_and_report(weights_x2, tmp_path, capsys):
         diff = float(cells[-1])
         assert diff <= 1e-4 if "bf16" not in name else 1e-4 < diff < 0.1, (name, diff)
     assert re.search(r"roof: a 2048\^3 matmul, \d+ GFLOP/s in fp32", printed)
+
+
+def test_end_to_end_loops_agree(weights_x2, benchmark_dir, tmp_path, capsys):
+    inference.main(["--ckpt_path", str(weights_x2), "--end_to_end", str(benchmark_dir / "Set5"),
+                    "--report", str(tmp_path / "e2e.md")])
+    rows = _rows((tmp_path / "e2e.md").read_text())
+    psnrs = {name: cells[-1] for name, cells in rows.items()}
+    assert psnrs["authors' loop as written (autograd on)"] == psnrs["authors' loop under no_grad"] == \
+        psnrs["sample.py"] == "37.4862"
+    assert any(name.startswith("the default path's forwards alone") and p == "-" for name, p in psnrs.items())
+
+
+def test_alternatives_compute_the_same(weights_x2, tmp_path, capsys):
+    alternatives.main(["--ckpt_path", str(weights_x2), "--size", "24", "--rounds", "1", "--warmup", "0",
+                       "--skip_compile", "--report", str(tmp_path / "alt.md")])
+    rows = _rows((tmp_path / "alt.md").read_text())
+    assert float(rows["oneDNN fused conv+ReLU"][-1]) <= 1e-4
+    assert 0 < float(rows["Winograd F(4x4, 3x3)"][-1]) < 1e-3
 
 
 def test_training_benchmark_reports_every_loop(tmp_path, capsys):
