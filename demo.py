@@ -36,7 +36,7 @@ from dataset.div2h5 import pack_hr_folder  # noqa: E402
 from dataset.io import atomic_write_bytes, write_image  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from evaluation import SetResult  # noqa: E402
-from runinfo import environment  # noqa: E402
+from runinfo import environment, git_description  # noqa: E402
 from solver import Solver  # noqa: E402
 from solver import parse_args as solver_args  # noqa: E402
 
@@ -205,7 +205,7 @@ with MATLAB-style bicubic). The model trained here {verdict} bicubic.
 ```
 
 Environment: Python {env['python']}, torch {env['torch']}, numpy {env['numpy']}, {env['platform']},
-{env['device_name'] or 'CPU'}, {env['threads']} torch threads, git commit {env['git_commit'] or 'unknown'}.
+{env['device_name'] or 'CPU'}, {env['threads']} torch threads, git commit {git_description(env)}.
 Files: `report.json` (+ `.md`, `_per_image.csv`) from sample.py, SR images under `sr/`, the checkpoint and
 `log.csv` under `checkpoint/`.
 """

@@ -26,10 +26,12 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from benchmarks.report import printed_to, provenance  # noqa: E402
 from dataset.io import atomic_path  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import GATE_MODES, load_checkpoint, scale_name  # noqa: E402
 from model.dsrnet import SCALES, Net  # noqa: E402
+from runinfo import environment  # noqa: E402
 
 EXPORTABLE_GATES = ("selected", "fixed")
 OPSETS = range(11, 21)  # 11: DepthToSpace as PixelShuffle needs it; 20: the TorchScript exporter's newest
@@ -103,18 +105,21 @@ def check(path: str | os.PathLike, net: Net, scale: int, sizes: Sequence[tuple[i
     return worst
 
 
-def _median_ms(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up: allocations, kernel selection
-    times = []
+def _interleaved_median_ms(runs: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Each run once per round, in turn, so that a busy machine slows them alike; medians in ms."""
+    for run in runs:
+        run()  # warm-up: allocations, kernel selection
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for run, kept in zip(runs, times):
+            t0 = time.perf_counter()
+            run()
+            kept.append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
 
 
 def compare_speed(path: str | os.PathLike, net: Net, scale: int, lr_hw: tuple[int, int] = (128, 128),
-                  repeats: int = 5) -> tuple[float, float]:
+                  repeats: int = 10) -> tuple[float, float]:
     """(ONNX Runtime ms, PyTorch ms): medians on one random 1x3xHxW LR input, both on the CPU.
 
     PyTorch runs ``net`` as given (pass it in channels_last for the default inference path) on a
@@ -124,8 +129,9 @@ def compare_speed(path: str | os.PathLike, net: Net, scale: int, lr_hw: tuple[in
     x = torch.rand(1, 3, *lr_hw)
     feed = {"lr": x.numpy()}
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    return (_median_ms(lambda: session.run(["sr"], feed), repeats),
-            _median_ms(lambda: _torch_sr(net, x_cl, scale), repeats))
+    ort_ms, torch_ms = _interleaved_median_ms([lambda: session.run(["sr"], feed),
+                                               lambda: _torch_sr(net, x_cl, scale)], repeats)
+    return ort_ms, torch_ms
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true",
                    help="compare ONNX Runtime with PyTorch on two LR sizes and time both on one")
     p.add_argument("--speed_size", type=int, default=128, help="LR side for the --check timing (default 128)")
+    p.add_argument("--report", help="also write what --check printed here, with the command and commit "
+                                    "(e.g. results/onnx.md)")
     return p.parse_args(argv)
 
 
@@ -148,6 +156,8 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.gate not in GATE_MODES:
         raise InputError(f"unknown --gate {cfg.gate!r}; choose selected or fixed")
     require_exportable(cfg.gate)
+    if cfg.report and not cfg.check:
+        raise InputError("--report keeps what --check prints: add --check")
     if cfg.speed_size < 1:
         raise InputError(f"--speed_size must be positive, got {cfg.speed_size}")
     if cfg.scale is not None and cfg.scale not in SCALES:
@@ -162,12 +172,14 @@ def main(argv: list[str] | None = None) -> Path:
           f"{out.stat().st_size / 2 ** 20:.1f} MiB; input 'lr' Nx3xHxW in [0, 1], output 'sr'")
     if cfg.check:
         diff = check(out, net, scale)
-        sizes = ", ".join(f"{h}x{w}" for h, w in CHECK_SIZES)
-        print(f"max |onnxruntime - pytorch| = {diff:.2e} at LR {sizes} (tolerance {TOLERANCE:g})")
         side = cfg.speed_size
         ort_ms, torch_ms = compare_speed(out, net.to(memory_format=torch.channels_last), scale, (side, side))
-        print(f"speed at LR {side}x{side} on CPU: onnxruntime {ort_ms:.1f} ms, "
-              f"pytorch {torch_ms:.1f} ms (onnxruntime / pytorch = {ort_ms / torch_ms:.2f})")
+        with printed_to(cfg.report):
+            print(provenance(environment(), torch.get_num_threads()))
+            sizes = ", ".join(f"{h}x{w}" for h, w in CHECK_SIZES)
+            print(f"max |onnxruntime - pytorch| = {diff:.2e} at LR {sizes} (tolerance {TOLERANCE:g})")
+            print(f"speed at LR {side}x{side} on CPU (medians of 10 interleaved rounds): onnxruntime "
+                  f"{ort_ms:.1f} ms, pytorch {torch_ms:.1f} ms (onnxruntime / pytorch = {ort_ms / torch_ms:.2f})")
         if not diff <= TOLERANCE:
             print(f"error: ONNX Runtime differs from PyTorch by {diff:.2e} > {TOLERANCE:g}", file=sys.stderr)
             sys.exit(1)

@@ -27,6 +27,12 @@ def git_dirty() -> bool | None:
     return None if status is None else bool(status)
 
 
+def git_description(env: dict) -> str:
+    """The commit a result came from, flagged when the tree had uncommitted changes."""
+    commit = env.get("git_commit") or "unknown"
+    return commit + (" (uncommitted changes)" if env.get("git_dirty") else "")
+
+
 def environment() -> dict:
     import numpy
     import torch
@@ -42,4 +48,6 @@ def environment() -> dict:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
         "threads": torch.get_num_threads(),
+        # cuDNN's float32 convolutions in TF32 (PyTorch's default on Ampere+; sample.py turns it off)
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32 if torch.cuda.is_available() else None,
     }

@@ -24,7 +24,7 @@ from evaluation import (SetResult, evaluate_set, markdown_table, method_sr_folde
                         per_image_csv_beside, write_per_image_csv)
 from metrics import QUANTIZE_MODES, to_uint8  # noqa: E402
 from model import GATE_MODES, file_sha256, load_checkpoint  # noqa: E402
-from model.inference import bf16_supported, super_resolve  # noqa: E402
+from model.inference import bf16_supported, exact_float32, super_resolve  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="dsrnet", help="model module under model/ (only dsrnet)")
     p.add_argument("--ckpt_path", help=f"checkpoint (authors' or ours); default {DEFAULT_CKPT.relative_to(ROOT)}")
     p.add_argument("--test_data_dir", nargs="+", help="one or more test-set folders (any supported layout); "
-                   "default: dataset/benchmark/{Set5,Set14,B100,Urban100} where present")
-    p.add_argument("--sample_dir", default="results/sr", help="SR images go to SAMPLE_DIR/<model>/<dataset>/x<s>/")
+                   "default: dataset/benchmark/{Set5,Set14,B100,BSD100,Urban100} where present")
+    p.add_argument("--sample_dir", default="results/sr", help="SR images go to SAMPLE_DIR/<model>/<dataset>/x<s>/<method>/ (default results/sr)")
     p.add_argument("--scale", type=int, nargs="+", help="default: the checkpoint's scale")
     p.add_argument("--shave", type=int, help="border pixels left out of PSNR/SSIM (default: the scale)")
     p.add_argument("--group", type=int, default=1, help="upsampler conv groups (the authors use 1)")
@@ -72,7 +72,7 @@ def default_test_dirs() -> list[str]:
     found = [str(ROOT / "dataset" / "benchmark" / n) for n in DEFAULT_SETS
              if (ROOT / "dataset" / "benchmark" / n).is_dir()]
     if not found:
-        raise InputError("no test sets: pass --test_data_dir, or put Set5/Set14/B100/Urban100 under "
+        raise InputError("no test sets: pass --test_data_dir, or put Set5/Set14/B100 (or BSD100)/Urban100 under "
                          "dataset/benchmark/ (see dataset/README.md)")
     return found
 
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     if cfg.tile is not None and cfg.tile <= 2 * cfg.tile_overlap:
         raise InputError(f"--tile {cfg.tile} must exceed twice --tile_overlap ({cfg.tile_overlap})")
     device = pick_device(cfg.cuda)
+    exact_float32()
     if cfg.bf16 and not bf16_supported(device):
         raise InputError("--bf16 needs native bfloat16 (an Ampere or newer GPU, or a CPU with AVX512-BF16 or "
                          "AMX); this machine would emulate it, slower than float32: drop --bf16")

@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import model.dsrnet as dsrnet  # noqa: E402
 from benchmarks.inference import find_weights, interleaved  # noqa: E402
-from benchmarks.report import printed_to  # noqa: E402
+from benchmarks.report import printed_to, provenance  # noqa: E402
 from errors import run_cli  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from model.inference import image_to_tensor  # noqa: E402
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
     env = environment()
     with printed_to(cfg.report):
-        print(f"# {env['command']}\n# torch {env['torch']}, {env['platform']}, {torch.get_num_threads()} threads, "
-              f"git {env['git_commit']}{' (uncommitted changes)' if env['git_dirty'] else ''}")
+        print(provenance(env, torch.get_num_threads()))
         print(f"whole net, x2, LR {cfg.size}x{cfg.size}, medians of {cfg.rounds} interleaved rounds"
               + (f"; inductor build {build:.1f} s" if build is not None else ""))
         print("| path | ms | vs default | max abs diff |\n|---|---|---|---|")

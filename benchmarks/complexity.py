@@ -33,8 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from dataset.io import atomic_write_bytes  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import Net, file_sha256, load_checkpoint  # noqa: E402
-from model.inference import bf16_supported  # noqa: E402
-from runinfo import environment  # noqa: E402
+from model.inference import bf16_supported, exact_float32  # noqa: E402
+from runinfo import environment, git_description  # noqa: E402
 
 SCALES = (2, 3, 4)
 BRANCHES = ("selected", "fixed")
@@ -285,8 +285,7 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
         "# DSRNet complexity: ours vs the paper (Tables 7 and 8)", "",
         f"Written by `benchmarks/complexity.py`. Command: `{env['command']}`  ",
         f"Device: {cfg.device} ({env['device_name'] or 'unknown CPU'}), {env['threads']} torch threads, "
-        f"torch {env['torch']}, Python {env['python']}, {env['platform']}, git {env['git_commit'] or 'n/a'}"
-        f"{' (uncommitted changes)' if env['git_dirty'] else ''}.  ",
+        f"torch {env['torch']}, Python {env['python']}, {env['platform']}, git {git_description(env)}.  ",
         f"Weights: {weights}; x3/x4 are randomly initialised nets of the right shape (counts and timings do "
         "not depend on weight values).", "",
         "## Side by side", "",
@@ -410,6 +409,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         return None
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was given but no CUDA device is available; use --device cpu")
+    exact_float32()  # "fp32" rows are IEEE float32, not cuDNN's default TF32
     if min(cfg.sizes) < max(SCALES) or cfg.repeats < 1 or cfg.warmup < 0 or (cfg.threads or 1) < 1:
         raise InputError(f"--sizes must be >= {max(SCALES)}, --repeats and --threads >= 1, --warmup >= 0")
     if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():

@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.complexity import count_flops, meta_net  # noqa: E402
-from benchmarks.report import printed_to  # noqa: E402
+from benchmarks.report import printed_to, provenance  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from model.inference import bf16_supported, image_to_tensor, super_resolve  # noqa: E402
+from model.inference import bf16_supported, exact_float32, image_to_tensor, super_resolve  # noqa: E402
 from model.reference import reference_forward  # noqa: E402
 from runinfo import environment  # noqa: E402
 
@@ -211,11 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.cuda and not torch.cuda.is_available():
         raise InputError("--cuda given but no CUDA device is available")
     device = torch.device("cuda" if cfg.cuda else "cpu")
+    exact_float32()  # the float32 rows must be float32, not TF32
     env = environment()
     with printed_to(cfg.report):
-        print(f"# {env['command']}\n# torch {env['torch']}, {env['device_name'] or env['platform']}, "
-              f"{torch.get_num_threads()} threads, git {env['git_commit']}"
-              f"{' (uncommitted changes)' if env['git_dirty'] else ''}")
+        print(provenance(env, torch.get_num_threads()))
         if cfg.end_to_end:
             end_to_end(cfg, device)
         else:

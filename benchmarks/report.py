@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from dataset.io import atomic_write_bytes
+from runinfo import git_description
 
 
 class _Tee(io.TextIOBase):
@@ -34,3 +35,9 @@ def printed_to(path: str | None) -> Iterator[None]:
     with contextlib.redirect_stdout(_Tee(sys.stdout, kept)):
         yield
     atomic_write_bytes(Path(path), kept.getvalue().encode())
+
+
+def provenance(env: dict, threads: int) -> str:
+    """The two comment lines every speed report starts with: the command, then where it ran."""
+    return (f"# {env['command']}\n# torch {env['torch']}, {env['device_name'] or env['platform']}, "
+            f"{threads} threads, git {git_description(env)}")

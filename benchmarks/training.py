@@ -3,9 +3,10 @@
     python benchmarks/training.py --train_data_path /work/data/photos80.h5 --scale 2 --steps 60
 
 All loops run in this process, one after the other, on the same HDF5 file with the same batch and
-patch; each is timed after a few warm-up steps. The Solver runs in float32 and, where the hardware
-has native bfloat16, with ``--amp`` bf16 autocast. Its figures come from its own training loop
-(`Solver.fit`), so they include everything a real run does per step.
+patch; each is timed after a few warm-up steps. The Solver runs in float32, with ``--amp bf16`` where
+the hardware has native bfloat16, and with ``--amp fp16`` on CUDA. Its figures come from its own
+training loop (`Solver.fit`), so they include everything a real run does per step. On an Ampere+ GPU
+the float32 rows, like any training here, let cuDNN use TF32 (PyTorch's default).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from benchmarks.report import printed_to  # noqa: E402
+from benchmarks.report import printed_to, provenance  # noqa: E402
 from dataset.train_data import TrainDataset  # noqa: E402
 from errors import run_cli  # noqa: E402
 from model import Net  # noqa: E402
@@ -89,11 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         if bf16_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
             loops[f"Solver ({cfg.num_workers} workers, --amp bf16)"] = \
                 solver_steps_per_s(*args, cfg.num_workers, ["--amp", "bf16"])
+        if torch.cuda.is_available():  # fp16 autocast (with its grad scaler) is CUDA-only
+            loops[f"Solver ({cfg.num_workers} workers, --amp fp16)"] = \
+                solver_steps_per_s(*args, cfg.num_workers, ["--amp", "fp16"])
     naive = next(iter(loops.values()))
     with printed_to(cfg.report):
-        print(f"# {env['command']}\n# torch {env['torch']}, {env['device_name'] or env['platform']}, "
-              f"{torch.get_num_threads()} threads, git {env['git_commit']}"
-              f"{' (uncommitted changes)' if env['git_dirty'] else ''}")
+        print(provenance(env, torch.get_num_threads()))
         print(f"x{cfg.scale}, batch {cfg.batch_size}, LR patch {cfg.patch_size}, {cfg.steps} timed steps")
         print("| loop | steps/s | samples/s | vs naive |\n|---|---|---|---|")
         for name, rate in loops.items():

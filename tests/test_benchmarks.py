@@ -79,3 +79,15 @@ def test_provenance_flags_uncommitted_changes(monkeypatch):
         monkeypatch.setattr(runinfo, "_git", lambda *args, s=status: s)
         assert runinfo.git_dirty() is dirty
     assert runinfo.environment()["git_dirty"] is None  # git itself unavailable here
+
+
+def test_reports_name_the_commit_and_its_uncommitted_changes():
+    from benchmarks.report import provenance
+    from runinfo import git_description
+
+    env = {"command": "python x.py", "torch": "2.14.1", "device_name": "", "platform": "Linux",
+           "git_commit": "abc123", "git_dirty": True}
+    assert git_description(env) == "abc123 (uncommitted changes)"
+    assert git_description({**env, "git_dirty": False}) == "abc123"
+    assert git_description({**env, "git_commit": None, "git_dirty": None}) == "unknown"
+    assert provenance(env, 2) == "# python x.py\n# torch 2.14.1, Linux, 2 threads, git abc123 (uncommitted changes)"

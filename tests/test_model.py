@@ -165,3 +165,25 @@ def test_default_inference_path_matches_eager(weights_x2, authors_sd):
     assert (tiled - eager).abs().max().item() < 0.05
     exact_tiles = super_resolve(net, lr, 2, tile=60, tile_overlap=24)
     assert (exact_tiles - eager).abs().max().item() <= 1e-4
+
+
+def test_cpu_bf16_check_reads_the_cpu_flags(tmp_path):
+    from model.inference import cpu_flags_have_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_flags_have_bf16(info)
+    info.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f\n")
+    assert not cpu_flags_have_bf16(info)
+    assert not cpu_flags_have_bf16(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported"), reason="torch lacks the oneDNN probe")
+def test_cpu_flags_agree_with_torchs_bf16_probe():
+    from pathlib import Path
+
+    from model.inference import cpu_flags_have_bf16
+
+    if not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    assert cpu_flags_have_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -62,16 +62,19 @@ def random_ckpts(tmp_path_factory):
 def test_cli_check_on_a_multi_scale_checkpoint(random_ckpts, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = export_onnx.main(["--ckpt_path", str(random_ckpts / "ms.pth"), "--scale", "4", "--check",
-                           "--speed_size", "16"])
+                           "--speed_size", "16", "--report", "onnx.md"])
     assert out == Path("ms_x4.onnx") and out.is_file()
     printed = capsys.readouterr().out
     assert "max |onnxruntime - pytorch|" in printed and "onnxruntime / pytorch =" in printed
+    report = Path("onnx.md").read_text()
+    assert report.startswith("# ") and "threads, git " in report and report in printed
 
 
 @pytest.mark.parametrize("args, message", [
     (["--scale", "3"], "holds a x2 model"),
     (["--opset", "9"], "--opset 9"),
     (["--gate", "maybe"], "unknown --gate"),
+    (["--report", "onnx.md"], "add --check"),
 ])
 def test_cli_bad_input(random_ckpts, tmp_path, args, message):
     with pytest.raises(InputError, match=message):

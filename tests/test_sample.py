@@ -55,10 +55,12 @@ def test_report_csv_markdown_and_images(weights_x2, small_set, tmp_path):
     assert results[1].psnr == rows["DSRNet"]["psnr"]
 
 
-def test_deterministic_default(weights_x2, small_set, tmp_path):
+def test_deterministic_default(weights_x2, small_set, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # PyTorch's default; restored afterwards
     args = ["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--no_save", "--quiet"]
     first, second = sample.main(args), sample.main(args)
     assert [(r.psnr, r.ssim) for r in first] == [(r.psnr, r.ssim) for r in second]
+    assert torch.backends.cudnn.allow_tf32 is False  # on an Ampere+ GPU, float32 convs must not be TF32
 
 
 def test_tiles_match_whole_image(weights_x2, small_set):

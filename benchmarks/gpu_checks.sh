@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every GPU figure the speed work asks for, in one run on a machine with one CUDA device: sample.py in
+# float32 and bf16 (PSNR/SSIM, CUDA paths), the inference and end-to-end benchmarks, the complexity
+# report, training throughput (fp32, --amp bf16, --amp fp16), then the test suite on CUDA.
+#
+#   benchmarks/gpu_checks.sh [SHARED] [OUT]
+#
+# SHARED holds weights/DSRNet_x2_600000.pth, data/benchmark/{Set5,Set14} and HR photos under
+# data/train/Sun-Hays80 (a handful is enough); default ../shared. OUT receives the markdown reports and
+# log.txt; default results/. Reports are written as each step finishes, so a run cut short keeps them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${1:-../shared}
+out=${2:-results}
+py=${PYTHON:-python3}
+weights=$shared/weights/DSRNet_x2_600000.pth
+sets=("$shared/data/benchmark/Set5" "$shared/data/benchmark/Set14")
+mkdir -p "$out"
+exec > >(tee -a "$out/log.txt") 2>&1
+export PYTHONUNBUFFERED=1
+
+step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; "$@"; }
+
+step "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+step "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save
+step "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --bf16
+step "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --rounds 50 --warmup 10 \
+    --report "$out/speed_inference_cuda.md"
+step "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --end_to_end "${sets[1]}" \
+    --report "$out/speed_end_to_end_cuda.md"
+step "$py" benchmarks/complexity.py --device cuda --ckpt_path "$weights" --output "$out/complexity_cuda.md"
+h5=$(mktemp -d)/photos.h5
+step "$py" dataset/div2h5.py --hr_dir "$shared/data/train/Sun-Hays80" --output "$h5"
+step "$py" benchmarks/training.py --train_data_path "$h5" --scale 2 --batch_size 64 --patch_size 64 \
+    --steps 100 --num_workers 4 --report "$out/speed_training_cuda.md"
+[ -e ../shared ] || ln -s "$(cd "$shared" && pwd)" ../shared  # the tests look for ../shared
+step "$py" -m pytest -q -x -p no:cacheprovider
