@@ -76,16 +76,6 @@ def fused_conv_relu() -> Iterator[None]:
         dsrnet._relu_conv = plain
 
 
-class _NoCount(dict):
-    """Stands in for the gate's branch Counter: dynamo retraces on every Python-side increment."""
-
-    def __setitem__(self, key: str, value: int) -> None:
-        pass
-
-    def __missing__(self, key: str) -> int:
-        return 0
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt_path", help="the authors' x2 file (default: checkpoint/ or ../shared/weights/)")
@@ -112,9 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     if not cfg.skip_compile:
         import torch._inductor.config as inductor
 
-        compiled_net = load_checkpoint(find_weights(cfg.ckpt_path), device=device)
-        compiled_net.wide_enhancement.branch_counts = _NoCount()
-        compiled = torch.compile(compiled_net, dynamic=False)
+        compiled = torch.compile(load_checkpoint(find_weights(cfg.ckpt_path), device=device), dynamic=False)
 
         def inductor_frozen() -> torch.Tensor:
             with torch.inference_mode(), inductor.patch(freezing=True, **{"cpp.weight_prepack": True}):

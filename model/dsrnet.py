@@ -128,7 +128,8 @@ class WideEnhancement(nn.Module):
         for _ in range(3):
             x10 = _relu_conv(self.conv8, x10)
         choice = self.choose_branch(x6)
-        self.branch_counts[choice] += 1
+        if not torch.compiler.is_compiling():  # a Python-side count would make dynamo retrace every call
+            self.branch_counts[choice] += 1
         branch = self.fixed_branch if choice == "fixed" else self.selected_branch
         return x10 + branch(x6)
 

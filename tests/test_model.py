@@ -187,3 +187,16 @@ def test_cpu_flags_agree_with_torchs_bf16_probe():
     if not Path("/proc/cpuinfo").is_file():
         pytest.skip("no /proc/cpuinfo on this system")
     assert cpu_flags_have_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_torch_compile_traces_once():
+    """The gate's branch count must stay out of the traced graph, or dynamo retraces on every call."""
+    import torch._dynamo
+
+    compiled = torch.compile(Net(scale=2).eval(), backend="eager", dynamic=False)
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():
+            for _ in range(3):
+                compiled(torch.rand(1, 3, 8, 8), 2)
+    finally:
+        torch._dynamo.reset()
