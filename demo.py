@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise InputError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
     if not cfg.lr > 0:
         raise InputError(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.seed < 0 or cfg.num_workers < 0:
+        raise InputError(f"--seed ({cfg.seed}) and --num_workers ({cfg.num_workers}) must be >= 0")
     cfg.crop = budget["crop"]
     cfg.argv = sys.argv[1:] if argv is None else list(argv)
     return cfg
@@ -213,12 +215,23 @@ Files: `report.json` (+ `.md`, `_per_image.csv`) from sample.py, SR images under
 
 # --------------------------------------------------------------------------- the pipeline
 
+def check_out_folder(out: Path) -> None:
+    """Refuse a --out that holds anything demo.py did not make: the demo clears its own files there."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: name a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OWNED) if out.is_dir() else []
+    if foreign:
+        raise InputError(f"--out {out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                         "which demo.py did not make: pick a new or empty folder")
+
+
 def main(argv: list[str] | None = None) -> Path:
     cfg = parse_args(argv)
     out = Path(cfg.out).resolve()
     authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else DEFAULT_AUTHORS
     if cfg.authors_ckpt and not authors.is_file():
         raise InputError(f"--authors_ckpt {authors}: no such file")
+    check_out_folder(out)
     for name in OWNED:
         path = out / name
         if path.is_dir():

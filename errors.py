@@ -1,6 +1,8 @@
 """One exception type for problems a user can fix, and the CLI edge that prints them."""
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 from typing import Callable
 
@@ -12,13 +14,32 @@ class InputError(Exception):
     """
 
 
+def _own_words(message: str) -> str:
+    """The error's own line: a DataLoader worker's InputError arrives wrapped with the worker's traceback."""
+    if "Original Traceback" not in message:
+        return message
+    return message.rstrip().splitlines()[-1].split("InputError: ", 1)[-1]
+
+
 def run_cli(main: Callable[[], object]) -> None:
-    """Run ``main`` and turn an InputError into one line on stderr and exit code 2."""
+    """Run ``main`` and turn an InputError into one line on stderr and exit code 2.
+
+    A failure inside training can leave DataLoader workers running. They ignore SIGTERM (see
+    solver._leave_signals_to_main), so multiprocessing's exit handler would wait for them forever;
+    with such children alive the process ends at once instead, and they follow it within seconds
+    (each worker watches its parent).
+    """
     try:
         main()
+        return
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {_own_words(str(err))}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    if multiprocessing.active_children():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

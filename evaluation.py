@@ -19,6 +19,7 @@ import numpy as np
 
 from dataset.io import atomic_write_bytes, write_image
 from dataset.layouts import ImagePair, TestSet, load_pair
+from errors import InputError
 from metrics import psnr_y, ssim_y
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # LR uint8 HWC -> SR uint8 HWC
@@ -70,6 +71,8 @@ def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int |
     SR images are written as PNG under ``save_dir`` when given, with a per-image CSV beside them.
     """
     shave = test_set.scale if shave is None else shave
+    if shave < 0 or workers < 0:
+        raise InputError(f"--shave ({shave}) and --workers ({workers}) must be >= 0")
     start = time.perf_counter()
     bar = _progress(len(test_set.pairs), f"{method} {test_set.name} x{test_set.scale}", progress)
     try:
@@ -112,9 +115,13 @@ def _score_and_save(name: str, sr: np.ndarray, hr: np.ndarray, shave: int, secon
                     save_dir: Path | None) -> ImageResult:
     if sr.shape != hr.shape:
         raise ValueError(f"{name}: SR is {sr.shape[:2]} but HR is {hr.shape[:2]}")
+    try:
+        scores = psnr_y(sr, hr, shave), ssim_y(sr, hr, shave)
+    except ValueError as err:  # too small for the 11x11 SSIM window once shaved
+        raise InputError(f"{name}: {err}: use larger test images or a smaller --shave") from None
     if save_dir is not None:
         write_image(sr_image_path(save_dir, name), sr)
-    return ImageResult(name, psnr_y(sr, hr, shave), ssim_y(sr, hr, shave), seconds)
+    return ImageResult(name, *scores, seconds)
 
 
 def per_image_csv_beside(report: Path) -> Path:

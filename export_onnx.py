@@ -82,7 +82,11 @@ def export(net: Net, scale: int, path: str | os.PathLike, opset: int = 17) -> Pa
 
 
 def _session(path: str | os.PathLike) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # Its threads would otherwise busy-wait after each run, stealing the cores from the PyTorch run
+    # interleaved after it in compare_speed.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 @torch.inference_mode()

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from dataset.imresize import imresize  # noqa: E402
-from dataset.io import atomic_write_bytes, read_image, write_image  # noqa: E402
+from dataset.io import atomic_write_bytes, ensure_writable, read_image, write_image  # noqa: E402
 from dataset.layouts import find_test_set, list_input_images  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from evaluation import (SetResult, evaluate_set, markdown_table, method_sr_folder,  # noqa: E402
@@ -92,8 +92,16 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     cfg = parse_args(argv)
     if cfg.model != "dsrnet":
         raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
+    if cfg.tile_overlap < 0:
+        raise InputError(f"--tile_overlap must be >= 0, got {cfg.tile_overlap}")
     if cfg.tile is not None and cfg.tile <= 2 * cfg.tile_overlap:
         raise InputError(f"--tile {cfg.tile} must exceed twice --tile_overlap ({cfg.tile_overlap})")
+    if cfg.report:  # all three files, before any work, so that a report is never left in part
+        report = Path(cfg.report)
+        for path in (report, report.with_suffix(".md"), per_image_csv_beside(report)):
+            ensure_writable(path)
+    if not cfg.no_save:
+        ensure_writable(Path(cfg.sample_dir) / "SR.png")
     device = pick_device(cfg.cuda)
     exact_float32()
     if cfg.bf16 and not bf16_supported(device):

@@ -213,15 +213,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def check_writable(folder: Path) -> None:
-    """Fail at startup, not after hours of training, when checkpoints cannot be written."""
+def check_writable(folder: Path, what: str = "checkpoints", flag: str = "--ckpt_dir") -> None:
+    """Fail at startup, not after hours of training, when checkpoints (or images) cannot be written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise InputError(f"cannot write checkpoints to {folder} ({err.strerror or err}): "
-                         "pass a writable --ckpt_dir") from None
+        raise InputError(f"cannot write {what} to {folder} ({err.strerror or err}): "
+                         f"pass a writable {flag}") from None
 
 
 def check_amp(amp: str | None, device: torch.device) -> None:
@@ -312,10 +312,13 @@ class RunLog:
         self.path = ckpt_dir / "log.csv"
         rows, fields = [], self.BASE_FIELDS + valid_fields
         if start > 0 and self.path.is_file():
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= start]
-                fields = list(reader.fieldnames or []) + [k for k in fields if k not in (reader.fieldnames or [])]
+            try:
+                with open(self.path, newline="") as f:
+                    reader = csv.DictReader(f)
+                    rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= start]
+                    fields = list(reader.fieldnames or []) + [k for k in fields if k not in (reader.fieldnames or [])]
+            except (UnicodeDecodeError, csv.Error) as err:
+                raise InputError(f"cannot continue {self.path} ({err}): move it aside and resume again") from None
         self.fields = fields
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fields, restval="")
@@ -358,6 +361,8 @@ class Solver:
                              f"over {self.world} processes")
         self.ckpt_dir = Path(cfg.ckpt_dir)
         check_writable(self.ckpt_dir)
+        if cfg.sample_dir and cfg.valid_data_dir:
+            check_writable(Path(cfg.sample_dir), "validation images", "--sample_dir")
         resume_path = self.find_resume() if cfg.resume else None
         earlier = None if cfg.resume else latest_checkpoint(self.ckpt_dir, cfg.ckpt_name)
         if earlier:
@@ -600,13 +605,18 @@ class Solver:
         if changed:
             self.say("note: resuming with changed " + ", ".join(changed)
                      + ": the run no longer matches an uninterrupted one")
-        self.net.load_state_dict(ckpt["model"])
-        self.optim.load_state_dict(state["optimizer"])
-        if state["grad_scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["grad_scaler"])
-        self.net.wide_enhancement.gate_generator.set_state(state["gate_generator"])
-        set_rng_states(state["rng"])
-        self.step, self.loss_sum, self.loss_count = int(ckpt["step"]), state["loss_sum"], state["loss_count"]
+        try:
+            self.net.load_state_dict(ckpt["model"])
+            self.optim.load_state_dict(state["optimizer"])
+            if state["grad_scaler"] and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["grad_scaler"])
+            self.net.wide_enhancement.gate_generator.set_state(state["gate_generator"])
+            set_rng_states(state["rng"])
+            self.step, self.loss_sum, self.loss_count = int(ckpt["step"]), state["loss_sum"], state["loss_count"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise InputError(f"cannot resume {path}: its training state is damaged ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); resume from an earlier "
+                             "checkpoint, or start a new run from its weights with --init_from") from None
         self.say(f"resumed {path} at step {self.step}")
 
     def init_from(self, path: Path) -> None:

@@ -286,10 +286,13 @@ def _read_log(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """Columns of a Solver ``log.csv`` as float arrays (blank cells NaN) and its *_psnr column names."""
     if not path.is_file():
         raise InputError(f"training log {path} not found: Solver writes CKPT_DIR/log.csv")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = list(reader.fieldnames or [])
-        rows = list(reader)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path} is not a readable CSV ({err}); is it a Solver log.csv?") from None
     missing = [c for c in ("step", "loss", "lr") if c not in fields]
     if missing:
         raise InputError(f"{path} has no {', '.join(missing)} column: is it a Solver log.csv?")

@@ -27,8 +27,9 @@ import torch.nn.functional as F  # noqa: E402
 
 import model.dsrnet as dsrnet  # noqa: E402
 from benchmarks.inference import find_weights, interleaved  # noqa: E402
-from benchmarks.report import printed_to, provenance  # noqa: E402
-from errors import run_cli  # noqa: E402
+from benchmarks.report import printed_to, provenance, require_at_least  # noqa: E402
+from dataset.io import ensure_writable  # noqa: E402
+from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from model.inference import image_to_tensor  # noqa: E402
 from runinfo import environment  # noqa: E402
@@ -85,8 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip_compile", action="store_true", help="leave out the inductor path (slow to build)")
     p.add_argument("--report", help="also write the printed markdown here")
     cfg = p.parse_args(argv)
+    require_at_least(cfg, size=4, rounds=1, warmup=0)
+    if cfg.size % 4:
+        raise InputError(f"--size must be a multiple of 4 (Winograd F(4x4, 3x3) tiles), got {cfg.size}")
+    if cfg.report:
+        ensure_writable(cfg.report)
     device = torch.device("cpu")
-    net = load_checkpoint(find_weights(cfg.ckpt_path), device=device)
+    weights = find_weights(cfg.ckpt_path)
+    net = load_checkpoint(weights, device=device)
     x = image_to_tensor(np.random.default_rng(0).integers(0, 256, (cfg.size, cfg.size, 3), dtype=np.uint8))
 
     def default() -> torch.Tensor:
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     if not cfg.skip_compile:
         import torch._inductor.config as inductor
 
-        compiled = torch.compile(load_checkpoint(find_weights(cfg.ckpt_path), device=device), dynamic=False)
+        compiled = torch.compile(load_checkpoint(weights, device=device), dynamic=False)
 
         def inductor_frozen() -> torch.Tensor:
             with torch.inference_mode(), inductor.patch(freezing=True, **{"cpp.weight_prepack": True}):

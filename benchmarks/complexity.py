@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from dataset.io import atomic_write_bytes  # noqa: E402
+from benchmarks.report import require_at_least  # noqa: E402
+from dataset.io import atomic_write_bytes, ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
-from model import Net, file_sha256, load_checkpoint  # noqa: E402
+from model import Net, file_sha256, load_checkpoint, read_checkpoint, scale_name  # noqa: E402
 from model.inference import bf16_supported, exact_float32  # noqa: E402
 from runinfo import environment, git_description  # noqa: E402
 
@@ -393,9 +394,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-probe", nargs=2, type=int, metavar=("SCALE", "LR"), help=argparse.SUPPRESS)
     p.add_argument("--autograd", action="store_true", help=argparse.SUPPRESS)
     cfg = p.parse_args(argv)
+    require_at_least(cfg, repeats=1, warmup=0, threads=1)
+    if cfg.sizes and min(cfg.sizes) < max(SCALES):
+        raise InputError(f"--sizes must each be >= {max(SCALES)} (HR sides; LR = HR // scale, up to "
+                         f"x{max(SCALES)}), got {min(cfg.sizes)}")
     cuda = cfg.device == "cuda"
     cfg.sizes = cfg.sizes or ([48] if cfg.quick else [256, 512, 1024])
-    cfg.repeats = cfg.repeats or (1 if cfg.quick else 50 if cuda else 5)
+    cfg.repeats = cfg.repeats if cfg.repeats is not None else (1 if cfg.quick else 50 if cuda else 5)
     cfg.warmup = cfg.warmup if cfg.warmup is not None else (1 if cfg.quick or not cuda else 10)
     return cfg
 
@@ -410,11 +415,11 @@ def main(argv: list[str] | None = None) -> Path | None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was given but no CUDA device is available; use --device cpu")
     exact_float32()  # "fp32" rows are IEEE float32, not cuDNN's default TF32
-    if min(cfg.sizes) < max(SCALES) or cfg.repeats < 1 or cfg.warmup < 0 or (cfg.threads or 1) < 1:
-        raise InputError(f"--sizes must be >= {max(SCALES)}, --repeats and --threads >= 1, --warmup >= 0")
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise InputError(f"checkpoint not found: {cfg.ckpt_path}")
+    ensure_writable(cfg.output)
     ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path else next((c for c in DEFAULT_CKPTS if c.is_file()), None)
+    if ckpt and (held := read_checkpoint(ckpt)["scale"]) != 2:
+        raise InputError(f"{ckpt} holds a {scale_name(held)} model; complexity.py reads only x2 weights "
+                         "(x3/x4 are counted on random ones): pass --ckpt_path to DSRNet_x2_600000.pth")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -29,9 +29,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.complexity import count_flops, meta_net  # noqa: E402
-from benchmarks.report import printed_to, provenance  # noqa: E402
+from benchmarks.report import printed_to, provenance, require_at_least  # noqa: E402
+from dataset.io import ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
-from model import load_checkpoint  # noqa: E402
+from model import load_checkpoint, read_checkpoint, scale_name  # noqa: E402
+from model.dsrnet import is_authors_state_dict  # noqa: E402
 from model.inference import bf16_supported, exact_float32, image_to_tensor, super_resolve  # noqa: E402
 from model.reference import reference_forward  # noqa: E402
 from runinfo import environment  # noqa: E402
@@ -42,12 +44,27 @@ DEFAULT_WEIGHTS = [ROOT / "checkpoint" / "DSRNet_x2_600000.pth",
 
 
 def find_weights(path: str | None) -> Path:
+    """``path`` or the first default that exists, checked to be a readable x2 checkpoint."""
     candidates = [Path(path)] if path else DEFAULT_WEIGHTS
     for c in candidates:
         if c.is_file():
+            held = read_checkpoint(c)["scale"]
+            if held != 2:
+                raise InputError(f"{c} holds a {scale_name(held)} model; the benchmarks time x2: "
+                                 "pass --ckpt_path to the authors' x2 file (DSRNet_x2_600000.pth)")
             return c
     raise InputError(f"no x2 weights at {', '.join(map(str, candidates))}: pass --ckpt_path "
                      "(the baseline runs on the authors' raw keys)")
+
+
+def authors_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors under the authors' raw keys, which their forward (the baseline) reads."""
+    raw = torch.load(weights, map_location="cpu", weights_only=True)  # readable: find_weights read it
+    if not is_authors_state_dict(raw):
+        raise InputError(f"the baseline needs the authors' x2 file (raw keys conv1.0.weight ...); {weights} "
+                         "is not one (e.g. a checkpoint of this repository's trainer): pass --ckpt_path to "
+                         "DSRNet_x2_600000.pth")
+    return raw
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -84,9 +101,8 @@ def as_parameters(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in raw.items()}
 
 
-def forward_benchmark(cfg: argparse.Namespace, device: torch.device) -> None:
-    weights = find_weights(cfg.ckpt_path)
-    raw = {k: v.to(device) for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
+def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, torch.Tensor],
+                      device: torch.device) -> None:
     params = as_parameters(raw)
     net = load_checkpoint(weights, device=device)
     lr_u8 = np.random.default_rng(0).integers(0, 256, (cfg.size, cfg.size, 3), dtype=np.uint8)
@@ -160,14 +176,12 @@ def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float
     return float(np.mean([s[0] for s in scores]))
 
 
-def end_to_end(cfg: argparse.Namespace, device: torch.device) -> None:
+def end_to_end(cfg: argparse.Namespace, weights: Path, raw: dict[str, torch.Tensor], device: torch.device) -> None:
     import tempfile
 
     import sample
     from dataset.layouts import find_test_set, load_pair
 
-    weights = find_weights(cfg.ckpt_path)
-    raw = {k: v.to(device) for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
     ts = find_test_set(cfg.end_to_end, 2)
     pairs = [(ts, p) for p in ts.pairs]
     sample_args = ["--ckpt_path", str(weights), "--test_data_dir", cfg.end_to_end, "--quiet", "--sample_dir"]
@@ -206,19 +220,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cuda", action="store_true", help="run on the GPU")
     p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_inference.md)")
     cfg = p.parse_args(argv)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    require_at_least(cfg, size=1, rounds=1, warmup=0, threads=1)
     if cfg.cuda and not torch.cuda.is_available():
         raise InputError("--cuda given but no CUDA device is available")
+    if cfg.report:
+        ensure_writable(cfg.report)
     device = torch.device("cuda" if cfg.cuda else "cpu")
+    weights = find_weights(cfg.ckpt_path)
+    raw = {k: v.to(device) for k, v in authors_state_dict(weights).items()}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     exact_float32()  # the float32 rows must be float32, not TF32
     env = environment()
     with printed_to(cfg.report):
         print(provenance(env, torch.get_num_threads()))
         if cfg.end_to_end:
-            end_to_end(cfg, device)
+            end_to_end(cfg, weights, raw, device)
         else:
-            forward_benchmark(cfg, device)
+            forward_benchmark(cfg, weights, raw, device)
 
 
 if __name__ == "__main__":

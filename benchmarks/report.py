@@ -1,6 +1,9 @@
-"""Benchmarks print markdown; ``--report PATH`` also keeps exactly what was printed, written atomically."""
+"""Benchmarks print markdown; ``--report PATH`` also keeps exactly what was printed, written atomically.
+
+Their integer flags are checked before any timing (:func:`require_at_least`)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import sys
@@ -8,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from dataset.io import atomic_write_bytes
+from errors import InputError
 from runinfo import git_description
 
 
@@ -35,6 +39,14 @@ def printed_to(path: str | None) -> Iterator[None]:
     with contextlib.redirect_stdout(_Tee(sys.stdout, kept)):
         yield
     atomic_write_bytes(Path(path), kept.getvalue().encode())
+
+
+def require_at_least(cfg: argparse.Namespace, **minimums: int) -> None:
+    """Refuse, before any timing, an integer flag below its minimum (flags left unset pass)."""
+    for flag, minimum in minimums.items():
+        value = getattr(cfg, flag)
+        if value is not None and value < minimum:
+            raise InputError(f"--{flag} must be an integer >= {minimum}, got {value}")
 
 
 def provenance(env: dict, threads: int) -> str:

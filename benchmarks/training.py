@@ -24,9 +24,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from benchmarks.report import printed_to, provenance  # noqa: E402
+from benchmarks.report import printed_to, provenance, require_at_least  # noqa: E402
+from dataset.io import ensure_writable  # noqa: E402
 from dataset.train_data import TrainDataset  # noqa: E402
-from errors import run_cli  # noqa: E402
+from errors import InputError, run_cli  # noqa: E402
 from model import Net  # noqa: E402
 from model.inference import bf16_supported  # noqa: E402
 from runinfo import environment  # noqa: E402
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_training.md)")
     cfg = p.parse_args(argv)
+    if cfg.scale not in (2, 3, 4):
+        raise InputError(f"--scale must be 2, 3 or 4, got {cfg.scale}")
+    require_at_least(cfg, batch_size=1, patch_size=1, steps=1, warmup=1, num_workers=0)
+    if cfg.report:
+        ensure_writable(cfg.report)
     env = environment()
     args = (cfg.train_data_path, cfg.scale, cfg.batch_size, cfg.patch_size, cfg.steps, cfg.warmup)
     with contextlib.redirect_stdout(io.StringIO()):  # the Solver's own log lines

@@ -34,7 +34,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         raise InputError(f"cannot decode image {path} ({err}); replace or remove the file") from None
 
 
@@ -46,18 +46,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     the temp file is removed, so no half-written output is ever left behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _temp_beside(path)
     try:
-        yield Path(tmp)
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise _unwritable(path, err) from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def ensure_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after a long run, when ``path`` cannot be written (a folder, under a file, read-only)."""
+    _temp_beside(Path(path)).unlink()
+
+
+def _temp_beside(path: Path) -> Path:
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _unwritable(path, err) from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def _unwritable(path: Path, err: OSError) -> InputError:
+    return InputError(f"cannot write {path} ({err.strerror or err}): choose a writable location")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

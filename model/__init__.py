@@ -44,7 +44,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read checkpoint {path}: {reason[:200]}; re-download or re-save it") from None
+        if reason.startswith("Weights only load failed"):  # torch's long advice on pickles: not the point here
+            reason = "not a tensor-only PyTorch file"
+        raise InputError(f"cannot read checkpoint {path}: damaged, truncated or not a checkpoint ({reason[:120]}); "
+                         "re-download or re-save it") from None
     if not isinstance(obj, dict):
         raise InputError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict")
     ckpt = dict(obj) if "model" in obj and isinstance(obj["model"], dict) else {"model": obj}
@@ -75,9 +78,16 @@ def load_checkpoint(path: str | os.PathLike, scale: int | None = None, device: s
                          f"pass --scale {held} or a x{scale} checkpoint")
     if scale == 0 and held != 0:
         raise InputError(f"checkpoint {path} holds a x{held} model, not a multi-scale one; pass --scale {held}")
-    net = Net(scale=held or 2, multi_scale=held == 0, group=group or int(ckpt.get("group", 1)),
-              gate_mode=gate_mode, gate_seed=gate_seed)
-    result = net.load_state_dict(ckpt["model"], strict=False)
+    groups = group or int(ckpt.get("group", 1))
+    if groups < 1:
+        raise InputError(f"--group must be a positive integer, got {groups}")
+    net = Net(scale=held or 2, multi_scale=held == 0, group=groups, gate_mode=gate_mode, gate_seed=gate_seed)
+    try:
+        result = net.load_state_dict(ckpt["model"], strict=False)
+    except RuntimeError as err:  # tensor shapes differ, e.g. another --group than the file was trained with
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise InputError(f"checkpoint {path} does not fit DSRNet with group {groups} ({first}); "
+                         "drop --group or pass the one it was trained with") from None
     if result.missing_keys or result.unexpected_keys:
         raise InputError(f"checkpoint {path} does not match DSRNet ({scale_name(held)}): "
                          f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")

@@ -6,11 +6,14 @@ authors' eager forward computes, and that the reports hold what was printed.
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks import alternatives, inference, training
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import write_image
+from errors import InputError
+from model import Net
 
 
 def _rows(text: str) -> dict[str, list[str]]:
@@ -91,3 +94,56 @@ def test_reports_name_the_commit_and_its_uncommitted_changes():
     assert git_description({**env, "git_dirty": False}) == "abc123"
     assert git_description({**env, "git_commit": None, "git_dirty": None}) == "unknown"
     assert provenance(env, 2) == "# python x.py\n# torch 2.14.1, Linux, 2 threads, git abc123 (uncommitted changes)"
+
+
+@pytest.fixture
+def bad_weights(weights_x2, tmp_path):
+    """Checkpoints the baseline must refuse: cut short, random bytes, x3, and our trainer's format."""
+    files = {name: tmp_path / f"{name}.pth" for name in ("truncated", "random", "x3", "trainer")}
+    files["truncated"].write_bytes(weights_x2.read_bytes()[:5000])
+    files["random"].write_bytes(np.random.default_rng(0).bytes(5000))
+    torch.save(Net(scale=3).state_dict(), files["x3"])
+    torch.save({"model": Net(scale=2).state_dict(), "step": 1}, files["trainer"])
+    return files
+
+
+@pytest.mark.parametrize("ckpt, match", [("truncated", "cannot read checkpoint"), ("random", "cannot read checkpoint"),
+                                         ("x3", "holds a x3 model"), ("trainer", "raw keys conv1.0.weight")])
+def test_inference_refuses_other_weights(bad_weights, ckpt, match):
+    with pytest.raises(InputError, match=match):
+        inference.main(["--ckpt_path", str(bad_weights[ckpt]), "--size", "16", "--rounds", "1", "--warmup", "0"])
+
+
+@pytest.mark.parametrize("module, args, match", [
+    (inference, ["--rounds", "0"], "--rounds must be an integer >= 1, got 0"),
+    (inference, ["--size", "0"], "--size must be"),
+    (inference, ["--warmup", "-1"], "--warmup must be an integer >= 0"),
+    (inference, ["--threads", "-1"], "--threads must be an integer >= 1"),
+    (inference, ["--report", "{tmp}"], "it is a folder"),
+    (alternatives, ["--size", "18"], "--size must be a multiple of 4"),
+    (alternatives, ["--size", "0"], "--size must be an integer >= 4"),
+    (alternatives, ["--rounds", "0"], "--rounds must be"),
+    (alternatives, ["--report", "{tmp}/a_file/alt.md"], "cannot write .*a_file/alt.md"),
+])
+def test_bad_flags_fail_before_timing(weights_x2, tmp_path, module, args, match):
+    (tmp_path / "a_file").touch()
+    with pytest.raises(InputError, match=match):
+        module.main(["--ckpt_path", str(weights_x2), "--size", "16", "--rounds", "1", "--warmup", "0",
+                     *(a.format(tmp=tmp_path) for a in args)])
+
+
+def test_alternatives_refuse_an_x3_file(bad_weights):
+    with pytest.raises(InputError, match="holds a x3 model"):
+        alternatives.main(["--ckpt_path", str(bad_weights["x3"]), "--size", "16", "--skip_compile"])
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--steps", "0"], "--steps must be an integer >= 1"), (["--batch_size", "0"], "--batch_size must be"),
+    (["--scale", "0"], "--scale must be 2, 3 or 4"), (["--warmup", "0"], "--warmup must be an integer >= 1"),
+    (["--report", "{tmp}"], "it is a folder"), (["--train_data_path", "{tmp}/junk.h5"], "not a readable HDF5"),
+])
+def test_training_refuses_bad_flags(args, match, tmp_path):
+    (tmp_path / "junk.h5").write_text("not HDF5")
+    with pytest.raises(InputError, match=match):
+        training.main(["--train_data_path", str(tmp_path / "absent.h5"), "--steps", "2", "--warmup", "1",
+                       "--num_workers", "0", *(a.format(tmp=tmp_path) for a in args)])

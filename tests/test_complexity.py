@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import complexity
 from benchmarks.complexity import (closest_combinations, count_flops, count_parameters, meta_net, parameter_rows,
                                    used_parameter_names)
+from errors import InputError
 from model import Net, load_checkpoint
 from model.inference import bf16_supported
 
@@ -97,6 +99,20 @@ def test_quick_report(tmp_path):
     assert "934,602" in text and "0.7461M" in text and "49.25G" in text
     assert "| x2 | 48² | 24² |" in text
     assert ("| x4 bf16 |" in text) == bf16_supported(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--threads", "-1"], "--threads must be an integer >= 1, got -1"), (["--threads", "0"], "--threads must be"),
+    (["--repeats", "0"], "--repeats must be an integer >= 1"), (["--warmup", "-1"], "--warmup must be"),
+    (["--sizes", "48", "2"], "--sizes must each be >= 4"), (["--output", "{tmp}"], "it is a folder"),
+    (["--ckpt_path", "{tmp}/x3.pth"], "holds a x3 model; complexity.py reads only x2 weights"),
+])
+def test_bad_arguments_fail_first(tmp_path, args, match):
+    torch.save(Net(scale=3).state_dict(), tmp_path / "x3.pth")
+    threads = torch.get_num_threads()
+    with pytest.raises(InputError, match=match):
+        complexity.main(["--quick", "--output", str(tmp_path / "c.md"), *(a.format(tmp=tmp_path) for a in args)])
+    assert torch.get_num_threads() == threads and not (tmp_path / "c.md").exists()
 
 
 def test_bad_arguments_are_one_line(tmp_path):

@@ -95,3 +95,18 @@ def test_bad_flags_fail_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --authors_ckpt") and len(proc.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+    for flag in ("--seed", "--num_workers"):
+        with pytest.raises(InputError, match="must be >= 0"):
+            demo.main(["--quick", flag, "-1", "--out", str(tmp_path)])
+
+
+def test_refuses_an_out_folder_it_did_not_make(tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    kept = tmp_path / "checkpoint" / "my_weights.pth"
+    kept.write_bytes(b"precious")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="notes.txt, which demo.py did not make"):
+        demo.main(["--quick", "--out", str(tmp_path)])
+    assert kept.read_bytes() == b"precious"
+    with pytest.raises(InputError, match="did not make"):
+        demo.main(["--quick", "--out", str(ROOT)])  # the repository itself: its checkpoint/ must survive

@@ -134,3 +134,36 @@ def test_cli_corrupt_image(weights_x2, small_set, tmp_path):
     write_image(bad / "HR" / "a.png", np.zeros((16, 16, 3), np.uint8))
     (bad / "LR_bicubic" / "X2" / "ax2.png").write_bytes(b"\x89PNG broken")
     _one_line_error(run_cli("--ckpt_path", str(weights_x2), "--test_data_dir", str(bad), "--no_save"), "ax2.png")
+
+
+@pytest.fixture
+def tiny_set(tmp_path, small_set) -> Path:
+    """One 12x12 HR image: too small for SSIM's 11x11 window once x2 shaves 2 pixels per side."""
+    root = tmp_path / "Tiny"
+    write_image(root / "HR" / "a.png", read_image(small_set / "HR" / "img_001.png")[:12, :12])
+    write_image(root / "LR_bicubic" / "X2" / "ax2.png", read_image(small_set / "LR_bicubic" / "X2" / "img_001x2.png")[:6, :6])
+    return root
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--report", "{tmp}"], "is a folder"),
+    (["--report", "{tmp}/r.json"], "r.md: it is a folder"),
+    (["--sample_dir", "{tmp}/a_file/sr"], "a_file"),
+    (["--group", "2"], "group 2"),
+    (["--group", "-1"], "--group"),
+    (["--tile", "64", "--tile_overlap", "-5"], "--tile_overlap"),
+    (["--workers", "-1"], "--workers"),
+    (["--shave", "-1"], "--shave"),
+])
+def test_bad_settings_are_refused_before_work(weights_x2, small_set, tmp_path, extra, message):
+    (tmp_path / "r.md").mkdir()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(InputError, match=message):
+        sample.main(["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--quiet",
+                     "--sample_dir", str(tmp_path / "sr"), *[a.format(tmp=tmp_path) for a in extra]])
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [tmp_path / "a_file"]  # nothing written
+
+
+def test_images_too_small_for_ssim_are_named(weights_x2, tiny_set):
+    with pytest.raises(InputError, match=r"a: SSIM needs at least 11x11.*smaller --shave"):
+        sample.main(["--ckpt_path", str(weights_x2), "--test_data_dir", str(tiny_set), "--no_save", "--quiet"])

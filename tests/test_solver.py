@@ -284,13 +284,31 @@ def test_ddp_two_cpu_ranks_stay_in_sync_and_resume_exactly(data, tmp_path):
 
 # ------------------------------------------------------------------------------------------- CLI edges
 
+def _damaged_copy(src: Path, dst: Path) -> Path:
+    """The file gzip-compressed, with every LR chunk overwritten: it opens, but reading an image fails."""
+    with h5py.File(src) as f, h5py.File(dst, "w") as g:
+        for group in f:
+            for name, ds in f[group].items():
+                g.create_dataset(f"{group}/{name}", data=ds[()], compression="gzip", chunks=ds.shape)
+    with h5py.File(dst) as g:
+        offsets = [g[f"X2/{name}"].id.get_chunk_info(0).byte_offset for name in g["X2"]]
+    with open(dst, "r+b") as raw:
+        for offset in offsets:
+            raw.seek(offset)
+            raw.write(b"\xff" * 64)
+    return dst
+
+
 def test_cli_errors_are_one_line(data, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(b"not an hdf5 file")
+    damaged = _damaged_copy(data["h5"], tmp_path / "damaged.h5")
     base = ["--train_data_path", str(data["h5"]), "--ckpt_dir", str(tmp_path / "ck"), "--max_steps", "1"]
     cases = {
+        # raised in a DataLoader worker: one line, and no hang on workers that ignore SIGTERM
+        "cannot read image": [*base, "--train_data_path", str(damaged), *TINY, "--num_workers", "2"],
         "training file": ["--train_data_path", str(tmp_path / "missing.h5"), "--ckpt_dir", str(tmp_path / "ck")],
         "cannot write checkpoints": [*base, "--ckpt_dir", str(blocker / "sub")],
         "--resume": [*base, "--resume", str(tmp_path / "nope.pth")],
@@ -319,3 +337,22 @@ def test_refusals_in_process(data, tmp_path):
         make(data, tmp_path / "empty", "--resume")
     with pytest.raises(InputError, match="smaller than --patch_size"):
         make(data, tmp_path, "--patch_size", "40", scale=4)
+
+
+def test_damaged_resume_state_and_log_are_refused(data, tmp_path):
+    make(data, tmp_path, "--max_steps", "2").fit()
+    ckpt = tmp_path / "dsrnet_x2_2.pth"
+    saved = torch.load(ckpt, weights_only=False)
+    saved["train_state"]["optimizer"] = {}
+    damaged = tmp_path / "damaged" / "dsrnet_x2_2.pth"
+    damaged.parent.mkdir()
+    torch.save(saved, damaged)
+    with pytest.raises(InputError, match="training state is damaged"):
+        make(data, damaged.parent, "--max_steps", "4", "--resume")
+    (tmp_path / "log.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InputError, match="log.csv .*move it aside"):
+        make(data, tmp_path, "--max_steps", "4", "--resume").fit()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="cannot write validation images .*--sample_dir"):
+        make(data, tmp_path, "--valid_data_dir", str(data["valid"]), "--sample_dir", str(blocker / "sr"))
