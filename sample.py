@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     cfg = parse_args(argv)
     if cfg.model != "dsrnet":
         raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
+    if cfg.scale and min(cfg.scale) < 2:
+        raise InputError(f"--scale {' '.join(map(str, cfg.scale))}: each scale must be 2 or more")
     if cfg.tile_overlap < 0:
         raise InputError(f"--tile_overlap must be >= 0, got {cfg.tile_overlap}")
     if cfg.tile is not None and cfg.tile <= 2 * cfg.tile_overlap:

@@ -154,6 +154,7 @@ def tiny_set(tmp_path, small_set) -> Path:
     (["--tile", "64", "--tile_overlap", "-5"], "--tile_overlap"),
     (["--workers", "-1"], "--workers"),
     (["--shave", "-1"], "--shave"),
+    (["--bicubic", "--scale", "1"], "must be 2 or more"),
 ])
 def test_bad_settings_are_refused_before_work(weights_x2, small_set, tmp_path, extra, message):
     (tmp_path / "r.md").mkdir()

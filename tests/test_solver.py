@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -356,3 +357,12 @@ def test_damaged_resume_state_and_log_are_refused(data, tmp_path):
     blocker.write_text("")
     with pytest.raises(InputError, match="cannot write validation images .*--sample_dir"):
         make(data, tmp_path, "--valid_data_dir", str(data["valid"]), "--sample_dir", str(blocker / "sr"))
+
+
+def test_a_corrupt_validation_image_is_refused_before_training(data, tmp_path):
+    valid = tmp_path / "Tiny"
+    shutil.copytree(data["valid"], valid)
+    (valid / "image_SRF_2" / "img_002_SRF_2_LR.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="img_002_SRF_2_LR.png"):
+        make(data, tmp_path / "ck", "--valid_data_dir", str(valid))
+    assert not list((tmp_path / "ck").glob("*.pth"))
