@@ -8,7 +8,9 @@ All paths run in one process, interleaved round by round so that a busy machine 
 times are medians after warm-up (CUDA synchronised). The roof is a 2048^3 float32 matmul.
 The authors' sample.py never turns autograd off (its weights are nn.Parameters; it calls
 ``net(lr).detach()``), so the baseline is timed both that way and under ``torch.no_grad()``; both
-compute the selected branch, as the default path does, so that their outputs can be compared.
+compute the same gate branch as the default path, so that their outputs can be compared: the trained
+"selected" one by default; ``--branch fixed`` times the all-3x3 branch (28.07 GFLOP at 128x128) that
+the authors' batch-1 Gumbel gate mostly picks.
 """
 from __future__ import annotations
 
@@ -104,16 +106,17 @@ def as_parameters(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, torch.Tensor],
                       device: torch.device) -> None:
     params = as_parameters(raw)
-    net = load_checkpoint(weights, device=device)
+    net = load_checkpoint(weights, device=device, gate_mode=cfg.branch)
+    fixed = cfg.branch == "fixed"
     lr_u8 = np.random.default_rng(0).integers(0, 256, (cfg.size, cfg.size, 3), dtype=np.uint8)
     x_nchw = image_to_tensor(lr_u8, device).contiguous()
 
     def as_written() -> torch.Tensor:  # their sample.py: no torch.no_grad(), net(lr).detach()
-        return reference_forward(params, x_nchw, use_fixed=False, decide_on_host=True).detach()
+        return reference_forward(params, x_nchw, use_fixed=fixed, decide_on_host=True).detach()
 
     def eager_no_grad() -> torch.Tensor:  # the same forward with autograd off
         with torch.no_grad():
-            return reference_forward(raw, x_nchw, use_fixed=False, decide_on_host=True)
+            return reference_forward(raw, x_nchw, use_fixed=fixed, decide_on_host=True)
 
     def default() -> torch.Tensor:
         with torch.inference_mode():
@@ -139,12 +142,12 @@ def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, tor
         paths["torch.compile"] = compiled_path
     ref = eager_no_grad()
     diffs = {name: float((fn() - ref).abs().max()) for name, fn in paths.items()}
-    flops = count_flops(meta_net(2), (cfg.size, cfg.size), 2)[0]
+    flops = count_flops(meta_net(2, cfg.branch), (cfg.size, cfg.size), 2)[0]
     precision = {name: torch.bfloat16 if name == BF16_PATH else torch.float32 for name in paths}
     roofs = {dt: matmul_roof(device, dt) for dt in set(precision.values())}
     times = interleaved(paths, cfg.rounds, cfg.warmup, device)
     written, no_grad = times["authors' code as written (autograd on)"], times["authors' forward under no_grad"]
-    print(f"x2, LR {cfg.size}x{cfg.size}, selected branch: {flops / 1e9:.2f} GFLOP per forward "
+    print(f"x2, LR {cfg.size}x{cfg.size}, {cfg.branch} branch: {flops / 1e9:.2f} GFLOP per forward "
           f"(torch.utils.flop_counter); roof: a 2048^3 matmul, {roofs[torch.float32]:.0f} GFLOP/s in fp32"
           + (f", {roofs[torch.bfloat16]:.0f} in bf16" if torch.bfloat16 in roofs else ""))
     print("| path | ms | vs as written | vs no_grad eager | GFLOP/s | % of roof | max abs diff |\n"
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt_path", help="the authors' x2 file (default: checkpoint/ or ../shared/weights/)")
     p.add_argument("--size", type=int, default=128, help="LR height and width")
+    p.add_argument("--branch", choices=("selected", "fixed"), default="selected",
+                   help="gate branch every path computes (default selected, the trained one)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")

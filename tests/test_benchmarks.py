@@ -21,11 +21,13 @@ def _rows(text: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
 
 
-def test_forward_benchmark_paths_agree_and_report(weights_x2, tmp_path, capsys):
+@pytest.mark.parametrize("branch", ["selected", "fixed"])
+def test_forward_benchmark_paths_agree_and_report(weights_x2, tmp_path, capsys, branch):
     report = tmp_path / "speed.md"
     inference.main(["--ckpt_path", str(weights_x2), "--size", "24", "--rounds", "1", "--warmup", "0",
-                    "--report", str(report)])
+                    "--branch", branch, "--report", str(report)])
     printed = capsys.readouterr().out
+    assert f", {branch} branch: " in printed
     assert report.read_text() == printed
     rows = _rows(printed)
     assert {"authors' code as written (autograd on)", "authors' forward under no_grad",
