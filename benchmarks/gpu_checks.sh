@@ -8,6 +8,14 @@
 # SHARED holds weights/DSRNet_x2_600000.pth, data/benchmark/{Set5,Set14} and HR photos under
 # data/train/Sun-Hays80 (a handful is enough); default ../shared. OUT receives the markdown reports and
 # log.txt; default results/. Reports are written as each step finishes, so a run cut short keeps them.
+#
+# On a lent GPU machine that receives only the repository (about 35 MB of data, under 64 MiB):
+#   echo /gpu_data/ >> .git/info/exclude
+#   mkdir -p gpu_data/weights gpu_data/data/benchmark gpu_data/data/train/Sun-Hays80
+#   cp ../shared/weights/DSRNet_x2_600000.pth gpu_data/weights/
+#   cp -r ../shared/data/benchmark/Set5 ../shared/data/benchmark/Set14 gpu_data/data/benchmark/
+#   ls ../shared/data/train/Sun-Hays80/* | head -10 | xargs -I{} cp {} gpu_data/data/train/Sun-Hays80/
+# then run `benchmarks/gpu_checks.sh gpu_data "$OUT"` there, carrying gpu_data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${1:-../shared}
