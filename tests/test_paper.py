@@ -17,23 +17,34 @@ OURS_BICUBIC = {("Set5", 2): 33.6404, ("Set5", 3): 30.3864, ("Set5", 4): 28.4177
                 ("BSD100", 2): 29.5480, ("BSD100", 3): 27.2024, ("BSD100", 4): 25.9565}
 
 
+def _present(benchmark_dir, names) -> list[str]:
+    """The test sets of ``names`` that ../shared holds (a GPU machine may carry only Set5 and Set14)."""
+    return [str(benchmark_dir / n) for n in names if (benchmark_dir / n).is_dir()]
+
+
+def _scored(results: dict, key):
+    if key not in results:
+        pytest.skip(f"{key} is absent from ../shared/data/benchmark (CI always has it)")
+    return results[key]
+
+
 @pytest.fixture(scope="module")
 def dsrnet_x2(weights_x2, benchmark_dir):
-    dirs = [str(benchmark_dir / name) for name in PAPER_X2]
+    dirs = _present(benchmark_dir, PAPER_X2)
     results = sample.main(["--ckpt_path", str(weights_x2), "--test_data_dir", *dirs, "--no_save", "--quiet"])
     return {r.dataset: r for r in results}
 
 
 @pytest.fixture(scope="module")
 def bicubic(benchmark_dir):
-    dirs = [str(benchmark_dir / name) for name in ("Set5", "Set14", "BSD100")]
+    dirs = _present(benchmark_dir, ("Set5", "Set14", "BSD100"))
     results = sample.main(["--bicubic", "--scale", "2", "3", "4", "--test_data_dir", *dirs, "--no_save", "--quiet"])
     return {(r.dataset, r.scale): r for r in results}
 
 
 @pytest.mark.parametrize("dataset", list(PAPER_X2))
 def test_dsrnet_x2_matches_paper(dsrnet_x2, dataset):
-    r = dsrnet_x2[dataset]
+    r = _scored(dsrnet_x2, dataset)
     paper_psnr, paper_ssim = PAPER_X2[dataset]
     ours_psnr, ours_ssim = OURS_X2[dataset]
     assert r.psnr == pytest.approx(ours_psnr, abs=0.005)
@@ -45,7 +56,7 @@ def test_dsrnet_x2_matches_paper(dsrnet_x2, dataset):
 
 @pytest.mark.parametrize("key", list(OURS_BICUBIC), ids=lambda k: f"{k[0]}-x{k[1]}")
 def test_bicubic_matches_paper(bicubic, key):
-    r = bicubic[key]
+    r = _scored(bicubic, key)
     assert r.psnr == pytest.approx(OURS_BICUBIC[key], abs=0.005)
     if key in PAPER_BICUBIC:
         assert abs(r.psnr - PAPER_BICUBIC[key]) <= 0.03
