@@ -36,6 +36,7 @@ from dataset.div2h5 import pack_hr_folder  # noqa: E402
 from dataset.io import atomic_write_bytes, write_image  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from evaluation import SetResult  # noqa: E402
+from model import read_checkpoint  # noqa: E402
 from runinfo import environment, git_description  # noqa: E402
 from solver import Solver  # noqa: E402
 from solver import parse_args as solver_args  # noqa: E402
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> Path:
     authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else DEFAULT_AUTHORS
     if cfg.authors_ckpt and not authors.is_file():
         raise InputError(f"--authors_ckpt {authors}: no such file")
+    if authors.is_file():
+        read_checkpoint(authors)  # a damaged file fails now, not after training
     check_out_folder(out)
     for name in OWNED:
         path = out / name

@@ -20,7 +20,7 @@ import numpy as np
 from dataset.io import atomic_write_bytes, write_image
 from dataset.layouts import ImagePair, TestSet, load_pair
 from errors import InputError
-from metrics import psnr_y, ssim_y
+from metrics import check_scorable, psnr_y, ssim_y
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # LR uint8 HWC -> SR uint8 HWC
 
@@ -103,6 +103,7 @@ def _run_pipelined(upscale: Upscaler, test_set: TestSet, shave: int, save_dir: P
             if nxt is not None:
                 pending.append((nxt, pool.submit(load_pair, test_set, nxt)))
             hr, lr = loaded.result()
+            scorable(pair.name, hr, shave)  # before the model runs on it
             t0 = time.perf_counter()
             sr = upscale(lr)
             seconds = time.perf_counter() - t0
@@ -115,13 +116,18 @@ def _score_and_save(name: str, sr: np.ndarray, hr: np.ndarray, shave: int, secon
                     save_dir: Path | None) -> ImageResult:
     if sr.shape != hr.shape:
         raise ValueError(f"{name}: SR is {sr.shape[:2]} but HR is {hr.shape[:2]}")
-    try:
-        scores = psnr_y(sr, hr, shave), ssim_y(sr, hr, shave)
-    except ValueError as err:  # too small for the 11x11 SSIM window once shaved
-        raise InputError(f"{name}: {err}: use larger test images or a smaller --shave") from None
+    scores = psnr_y(sr, hr, shave), ssim_y(sr, hr, shave)
     if save_dir is not None:
         write_image(sr_image_path(save_dir, name), sr)
     return ImageResult(name, *scores, seconds)
+
+
+def scorable(name: str, hr: np.ndarray, shave: int) -> None:
+    """Refuse, naming the image, an HR image too small for SSIM's window once shaved."""
+    try:
+        check_scorable(hr.shape[:2], shave)
+    except ValueError as err:
+        raise InputError(f"{name}: {err}: use larger test images or a smaller --shave") from None
 
 
 def per_image_csv_beside(report: Path) -> Path:

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from benchmarks.report import printed_to, provenance  # noqa: E402
-from dataset.io import atomic_path  # noqa: E402
+from dataset.io import atomic_path, ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import GATE_MODES, load_checkpoint, scale_name  # noqa: E402
 from model.dsrnet import SCALES, Net  # noqa: E402
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> Path:
     require_exportable(cfg.gate)
     if cfg.report and not cfg.check:
         raise InputError("--report keeps what --check prints: add --check")
+    if cfg.report:
+        ensure_writable(cfg.report)
     if cfg.speed_size < 1:
         raise InputError(f"--speed_size must be positive, got {cfg.speed_size}")
     if cfg.scale is not None and cfg.scale not in SCALES:

@@ -61,11 +61,18 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     return g @ g.T
 
 
+def check_scorable(hw: tuple[int, int], shave: int) -> None:
+    """Raise ValueError unless an HxW image keeps SSIM's 11x11 window once ``shave`` pixels are cut per side."""
+    h, w = hw[0] - 2 * shave, hw[1] - 2 * shave
+    if min(h, w) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels after shaving {shave} per side, "
+                         f"got {max(h, 0)}x{max(w, 0)} from {hw[0]}x{hw[1]}")
+
+
 def ssim_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
     """MATLAB-style SSIM on Y: 11x11 Gaussian (sigma 1.5), 'valid' windows only, K = (0.01, 0.03), L = 255."""
+    check_scorable(hr.shape[:2], shave)
     a, b = _shaved_y(sr, hr, shave)
-    if min(a.shape) < 11:
-        raise ValueError(f"SSIM needs at least 11x11 pixels after shaving, got {a.shape}")
     w = _gaussian_window()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 

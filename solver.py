@@ -52,7 +52,7 @@ from dataset.io import atomic_write_bytes
 from dataset.layouts import find_test_set, load_pair
 from dataset.train_data import MULTI_SCALES, TrainDataset
 from errors import InputError
-from evaluation import evaluate_set
+from evaluation import evaluate_set, scorable
 from metrics import to_uint8
 from model import GATE_MODES, Net, read_checkpoint
 from model.inference import bf16_supported, super_resolve
@@ -374,10 +374,10 @@ class Solver:
                                     in_memory=cfg.in_memory)
         scales = [cfg.scale] if cfg.scale else list(MULTI_SCALES)
         self.valid_sets = [find_test_set(d, s) for d in cfg.valid_data_dir or [] for s in scales]
-        if self.rank == 0:  # a corrupt or mismatched image fails now, not at the first validation
+        if self.rank == 0:  # a corrupt, mismatched or tiny image fails now, not at the first validation
             for ts in self.valid_sets:
                 for pair in ts.pairs:
-                    load_pair(ts, pair)
+                    scorable(pair.name, load_pair(ts, pair)[0], ts.scale if cfg.shave is None else cfg.shave)
 
         seed_everything(cfg.seed)
         self.net = Net(scale=cfg.scale, multi_scale=cfg.scale == 0, group=cfg.group,

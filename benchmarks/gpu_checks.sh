@@ -17,10 +17,12 @@
 #   ls ../shared/data/train/Sun-Hays80/* | head -10 | xargs -I{} cp {} gpu_data/data/train/Sun-Hays80/
 # then run `benchmarks/gpu_checks.sh gpu_data "$OUT"` there, carrying gpu_data.
 set -euo pipefail
+shared=$(realpath -m "${1:-$(dirname "$0")/../../shared}")
+out=$(realpath -m "${2:-$(dirname "$0")/../results}")
 cd "$(dirname "$0")/.."
-shared=${1:-../shared}
-out=${2:-results}
 py=${PYTHON:-python3}
+"$py" -c "import sys, torch; torch.cuda.is_available() or sys.exit('error: no CUDA device: run this on a GPU machine')"
+[ -f "$shared/weights/DSRNet_x2_600000.pth" ] || { echo "error: no $shared/weights/DSRNet_x2_600000.pth: pass the shared folder" >&2; exit 2; }
 weights=$shared/weights/DSRNet_x2_600000.pth
 sets=("$shared/data/benchmark/Set5" "$shared/data/benchmark/Set14")
 mkdir -p "$out"
@@ -29,7 +31,7 @@ export PYTHONUNBUFFERED=1
 
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; "$@"; }
 
-step "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+step "$py" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 step "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save
 step "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --bf16
 step "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --rounds 50 --warmup 10 \
@@ -37,9 +39,11 @@ step "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --rounds 50 --w
 step "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --end_to_end "${sets[1]}" \
     --report "$out/speed_end_to_end_cuda.md"
 step "$py" benchmarks/complexity.py --device cuda --ckpt_path "$weights" --output "$out/complexity_cuda.md"
-h5=$(mktemp -d)/photos.h5
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+h5=$tmp/photos.h5
 step "$py" dataset/div2h5.py --hr_dir "$shared/data/train/Sun-Hays80" --output "$h5"
 step "$py" benchmarks/training.py --train_data_path "$h5" --scale 2 --batch_size 64 --patch_size 64 \
     --steps 100 --num_workers 4 --report "$out/speed_training_cuda.md"
-[ -e ../shared ] || ln -s "$(cd "$shared" && pwd)" ../shared  # the tests look for ../shared
+[ -e ../shared ] || ln -s "$shared" ../shared  # the tests look for ../shared
 step "$py" -m pytest -q -x -p no:cacheprovider

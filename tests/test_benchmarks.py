@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import alternatives, inference, training
 from dataset.div2h5 import pack_hr_folder
-from dataset.io import write_image
+from dataset.io import read_image, write_image
 from errors import InputError
 from model import Net
 
@@ -132,6 +132,14 @@ def test_bad_flags_fail_before_timing(weights_x2, tmp_path, module, args, match)
     with pytest.raises(InputError, match=match):
         module.main(["--ckpt_path", str(weights_x2), "--size", "16", "--rounds", "1", "--warmup", "0",
                      *(a.format(tmp=tmp_path) for a in args)])
+
+
+def test_end_to_end_names_an_image_too_small_to_score(weights_x2, benchmark_dir, tmp_path):
+    hr = read_image(benchmark_dir / "Set5" / "image_SRF_2" / "img_001_SRF_2_HR.png")[:12, :12]
+    write_image(tmp_path / "Tiny" / "HR" / "a.png", hr)
+    write_image(tmp_path / "Tiny" / "LR_bicubic" / "X2" / "ax2.png", hr[::2, ::2])
+    with pytest.raises(InputError, match="a: SSIM needs at least 11x11"):
+        inference.main(["--ckpt_path", str(weights_x2), "--end_to_end", str(tmp_path / "Tiny")])
 
 
 def test_alternatives_refuse_an_x3_file(bad_weights):

@@ -95,6 +95,11 @@ def test_bad_flags_fail_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --authors_ckpt") and len(proc.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(b"\x00 not a checkpoint")
+    with pytest.raises(InputError, match="damaged.pth"):
+        demo.main(["--quick", "--authors_ckpt", str(damaged), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
     for flag in ("--seed", "--num_workers"):
         with pytest.raises(InputError, match="must be >= 0"):
             demo.main(["--quick", flag, "-1", "--out", str(tmp_path)])

@@ -75,6 +75,7 @@ def test_cli_check_on_a_multi_scale_checkpoint(random_ckpts, tmp_path, monkeypat
     (["--opset", "9"], "--opset 9"),
     (["--gate", "maybe"], "unknown --gate"),
     (["--report", "onnx.md"], "add --check"),
+    (["--check", "--report", "/proc/onnx.md"], "cannot write /proc/onnx.md"),
 ])
 def test_cli_bad_input(random_ckpts, tmp_path, args, message):
     with pytest.raises(InputError, match=message):

@@ -365,4 +365,6 @@ def test_a_corrupt_validation_image_is_refused_before_training(data, tmp_path):
     (valid / "image_SRF_2" / "img_002_SRF_2_LR.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="img_002_SRF_2_LR.png"):
         make(data, tmp_path / "ck", "--valid_data_dir", str(valid))
-    assert not list((tmp_path / "ck").glob("*.pth"))
+    with pytest.raises(InputError, match="img_001: SSIM needs at least 11x11 .*smaller --shave"):
+        make(data, tmp_path / "ck", "--valid_data_dir", str(data["valid"]), "--shave", "19")
+    assert not list((tmp_path / "ck").iterdir())
