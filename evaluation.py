@@ -103,7 +103,7 @@ def _run_pipelined(upscale: Upscaler, test_set: TestSet, shave: int, save_dir: P
             if nxt is not None:
                 pending.append((nxt, pool.submit(load_pair, test_set, nxt)))
             hr, lr = loaded.result()
-            scorable(pair.name, hr, shave)  # before the model runs on it
+            require_scorable(pair.name, hr, shave)  # before the model runs on it
             t0 = time.perf_counter()
             sr = upscale(lr)
             seconds = time.perf_counter() - t0
@@ -122,7 +122,7 @@ def _score_and_save(name: str, sr: np.ndarray, hr: np.ndarray, shave: int, secon
     return ImageResult(name, *scores, seconds)
 
 
-def scorable(name: str, hr: np.ndarray, shave: int) -> None:
+def require_scorable(name: str, hr: np.ndarray, shave: int) -> None:
     """Refuse, naming the image, an HR image too small for SSIM's window once shaved."""
     try:
         check_scorable(hr.shape[:2], shave)

@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt_path", help=f"checkpoint (authors' or ours); default {DEFAULT_CKPT.relative_to(ROOT)}")
     p.add_argument("--test_data_dir", nargs="+", help="one or more test-set folders (any supported layout); "
                    "default: dataset/benchmark/{Set5,Set14,B100,BSD100,Urban100} where present")
-    p.add_argument("--sample_dir", default="results/sr", help="SR images go to SAMPLE_DIR/<model>/<dataset>/x<s>/<method>/ (default results/sr)")
+    p.add_argument("--sample_dir", default="results/sr",
+                   help="SR images go to SAMPLE_DIR/<model>/<dataset>/x<s>/<method>/ (default results/sr)")
     p.add_argument("--scale", type=int, nargs="+", help="default: the checkpoint's scale")
     p.add_argument("--shave", type=int, help="border pixels left out of PSNR/SSIM (default: the scale)")
     p.add_argument("--group", type=int, default=1, help="upsampler conv groups (the authors use 1)")

@@ -52,7 +52,7 @@ from dataset.io import atomic_write_bytes
 from dataset.layouts import find_test_set, load_pair
 from dataset.train_data import MULTI_SCALES, TrainDataset
 from errors import InputError
-from evaluation import evaluate_set, scorable
+from evaluation import evaluate_set, require_scorable
 from metrics import to_uint8
 from model import GATE_MODES, Net, read_checkpoint
 from model.inference import bf16_supported, super_resolve
@@ -376,8 +376,9 @@ class Solver:
         self.valid_sets = [find_test_set(d, s) for d in cfg.valid_data_dir or [] for s in scales]
         if self.rank == 0:  # a corrupt, mismatched or tiny image fails now, not at the first validation
             for ts in self.valid_sets:
+                shave = ts.scale if cfg.shave is None else cfg.shave
                 for pair in ts.pairs:
-                    scorable(pair.name, load_pair(ts, pair)[0], ts.scale if cfg.shave is None else cfg.shave)
+                    require_scorable(pair.name, load_pair(ts, pair)[0], shave)
 
         seed_everything(cfg.seed)
         self.net = Net(scale=cfg.scale, multi_scale=cfg.scale == 0, group=cfg.group,

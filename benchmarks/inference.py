@@ -165,13 +165,13 @@ def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float
     from PIL import Image
 
     from dataset.layouts import load_pair
-    from evaluation import scorable
+    from evaluation import require_scorable
     from metrics import psnr_y, ssim_y, to_uint8
 
     scores = []
     for ts, pair in pairs:
         hr, lr = load_pair(ts, pair)
-        scorable(pair.name, hr, ts.scale)
+        require_scorable(pair.name, hr, ts.scale)
         sr = reference_forward(net_raw, image_to_tensor(lr, device).contiguous(), use_fixed=False,
                                decide_on_host=True)[0].detach()
         sr_u8 = to_uint8(sr)

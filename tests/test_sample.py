@@ -141,7 +141,8 @@ def tiny_set(tmp_path, small_set) -> Path:
     """One 12x12 HR image: too small for SSIM's 11x11 window once x2 shaves 2 pixels per side."""
     root = tmp_path / "Tiny"
     write_image(root / "HR" / "a.png", read_image(small_set / "HR" / "img_001.png")[:12, :12])
-    write_image(root / "LR_bicubic" / "X2" / "ax2.png", read_image(small_set / "LR_bicubic" / "X2" / "img_001x2.png")[:6, :6])
+    lr = read_image(small_set / "LR_bicubic" / "X2" / "img_001x2.png")[:6, :6]
+    write_image(root / "LR_bicubic" / "X2" / "ax2.png", lr)
     return root
 
 
