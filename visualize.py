@@ -102,8 +102,10 @@ def _read_rows(report: Path, index: int) -> list[_Row]:
         with open(path, newline="") as f:
             return [_Row(index, r["dataset"], int(r["scale"]), r["method"], r["image"], float(r["psnr"]),
                          float(r["ssim"])) for r in csv.DictReader(f)]
-    except (KeyError, ValueError, TypeError) as err:
-        raise InputError(f"{path} is not a sample.py per-image CSV ({err!r}); rerun sample.py --report") from None
+    except (KeyError, ValueError, TypeError, csv.Error) as err:
+        reason = ascii(str(err))[1:-1][:80]  # the file's own bytes may be binary
+        raise InputError(f"{path} is not a sample.py per-image CSV ({type(err).__name__}: {reason}); "
+                         "rerun sample.py --report") from None
 
 
 def _pick_image(rows: list[_Row], image: str | None, dataset: str | None,

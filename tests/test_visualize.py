@@ -128,6 +128,7 @@ def _edited_report(run: Path, tmp_path: Path, edit: Callable[[dict], object]) ->
     ("unknown image", "no image matches --image nope"),
     ("box outside", "does not fit"),
     ("labels", "one --label per --report"),
+    ("binary csv", r"not a sample.py per-image CSV \(ValueError: .*\\x00"),
 ])
 def test_compare_errors(run, tmp_path, case, message):
     report = run / "run.json"
@@ -143,6 +144,9 @@ def test_compare_errors(run, tmp_path, case, message):
         report = _edited_report(run, tmp_path, lambda s: s.update(sr_dir=None))
     elif case == "sr gone":
         report = _edited_report(run, tmp_path, lambda s: s.update(sr_dir=str(tmp_path / "nowhere")))
+    elif case == "binary csv":
+        report = _edited_report(run, tmp_path, lambda s: None)
+        (tmp_path / "edited_per_image.csv").write_bytes(b"dataset,scale,method,image,psnr,ssim\nA,2,m,i,3\x001,1\n")
     elif case == "unknown image":
         extra = ["--image", "nope"]
     elif case == "box outside":
@@ -168,10 +172,13 @@ def test_bicubic_only_needs_a_box(run, tmp_path):
     ("a,b\n1,2\n", "no step, loss, lr column"),
     ("step,loss,lr\n", "no rows yet"),
     ("step,loss,lr\n1,x,0.1\n", "not a number"),
+    (b"step,loss,lr\n1,\xff\xfe,0.1\n", "not a readable CSV"),
 ])
 def test_curves_errors(tmp_path, content, message):
     log = tmp_path / "log.csv"
-    if content is not None:
+    if isinstance(content, bytes):
+        log.write_bytes(content)
+    elif content is not None:
         log.write_text(content)
     with pytest.raises(InputError, match=message):
         visualize.training_curves(log, tmp_path / "c.png")
