@@ -37,6 +37,7 @@ EXPORTABLE_GATES = ("selected", "fixed")
 OPSETS = range(11, 21)  # 11: DepthToSpace as PixelShuffle needs it; 20: the TorchScript exporter's newest
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| on the [0, 1] scale
 CHECK_SIZES = ((24, 32), (37, 29))  # two LR sizes, odd ones included: the axes really are dynamic
+SPEED_ROUNDS = 10  # interleaved rounds of the --check timing
 
 
 class FixedScale(nn.Module):
@@ -123,7 +124,7 @@ def _interleaved_median_ms(runs: Sequence[Callable[[], object]], repeats: int) -
 
 
 def compare_speed(path: str | os.PathLike, net: Net, scale: int, lr_hw: tuple[int, int] = (128, 128),
-                  repeats: int = 10) -> tuple[float, float]:
+                  repeats: int = SPEED_ROUNDS) -> tuple[float, float]:
     """(ONNX Runtime ms, PyTorch ms): medians on one random 1x3xHxW LR input, both on the CPU.
 
     PyTorch runs ``net`` as given (pass it in channels_last for the default inference path) on a
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> Path:
             print(provenance(environment(), torch.get_num_threads()))
             sizes = ", ".join(f"{h}x{w}" for h, w in CHECK_SIZES)
             print(f"max |onnxruntime - pytorch| = {diff:.2e} at LR {sizes} (tolerance {TOLERANCE:g})")
-            print(f"speed at LR {side}x{side} on CPU (medians of 10 interleaved rounds): onnxruntime "
+            print(f"speed at LR {side}x{side} on CPU (medians of {SPEED_ROUNDS} interleaved rounds): onnxruntime "
                   f"{ort_ms:.1f} ms, pytorch {torch_ms:.1f} ms (onnxruntime / pytorch = {ort_ms / torch_ms:.2f})")
         if not diff <= TOLERANCE:
             print(f"error: ONNX Runtime differs from PyTorch by {diff:.2e} > {TOLERANCE:g}", file=sys.stderr)
