@@ -24,7 +24,7 @@ from evaluation import (SetResult, evaluate_set, markdown_table, method_sr_folde
                         per_image_csv_beside, write_per_image_csv)
 from metrics import QUANTIZE_MODES, to_uint8  # noqa: E402
 from model import GATE_MODES, file_sha256, load_checkpoint  # noqa: E402
-from model.inference import bf16_supported, exact_float32, super_resolve  # noqa: E402
+from model.inference import bf16_supported, set_tf32, super_resolve  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast: faster on Ampere+ GPUs and bf16-capable CPUs; scores differ slightly "
                         "from the float32 protocol (see README)")
+    p.add_argument("--tf32", action="store_true",
+                   help="let cuDNN run float32 convolutions in TF32 on Ampere+ GPUs (PyTorch's default, faster; "
+                        "scores may differ slightly from IEEE float32, which is used without this flag)")
     p.add_argument("--tile", type=int, help="run in overlapping LR tiles of this size (large images)")
     p.add_argument("--tile_overlap", type=int, default=24, help="LR pixels of context around each tile")
     p.add_argument("--input", help="image or folder to upscale without HR (writes SR images only)")
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     if not cfg.no_save:
         ensure_writable(Path(cfg.sample_dir) / "SR.png")
     device = pick_device(cfg.cuda)
-    exact_float32()
+    set_tf32(cfg.tf32)
     if cfg.bf16 and not bf16_supported(device):
         raise InputError("--bf16 needs native bfloat16 (an Ampere or newer GPU, or a CPU with AVX512-BF16 or "
                          "AMX); this machine would emulate it, slower than float32: drop --bf16")
@@ -175,7 +178,8 @@ def write_report(path: Path, results: list[SetResult], cfg: argparse.Namespace, 
         "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
         "gate_mode": cfg.gate, "seed": cfg.seed, "quantize": cfg.quantize,
         "shave": "scale" if cfg.shave is None else cfg.shave,
-        "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
+        "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tf32": cfg.tf32,
+        "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
         # Where the HR and the saved SR images are, so visualize.py can draw from the report alone.
         "test_data_dirs": [str(Path(d).resolve()) for d in test_dirs],
         "sr_dir": None if cfg.no_save else str((Path(cfg.sample_dir) / (ckpt.stem if ckpt else "bicubic")).resolve()),

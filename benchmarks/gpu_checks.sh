@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU figure the speed work asks for, in one run on a machine with one CUDA device: sample.py in
-# float32 and bf16 (PSNR/SSIM, CUDA paths), the inference and end-to-end benchmarks, the complexity
-# report, training throughput (fp32, --amp bf16, --amp fp16), then the test suite on CUDA.
+# float32, TF32 and bf16 (PSNR/SSIM, CUDA paths), the inference benchmark (128x128 and 512x512 LR),
+# the complexity report, training throughput (fp32, --amp bf16, --amp fp16), the end-to-end benchmark,
+# torch.compile, then the test suite on CUDA. Most wanted first; each step has a time limit, and a step
+# that fails or overruns is reported and skipped, so one bad step does not cost the others.
 #
 #   benchmarks/gpu_checks.sh [SHARED] [OUT]
 #
@@ -16,34 +18,52 @@
 #   cp -r ../shared/data/benchmark/Set5 ../shared/data/benchmark/Set14 gpu_data/data/benchmark/
 #   ls ../shared/data/train/Sun-Hays80/* | head -10 | xargs -I{} cp {} gpu_data/data/train/Sun-Hays80/
 # then run `benchmarks/gpu_checks.sh gpu_data "$OUT"` there, carrying gpu_data.
-set -euo pipefail
+set -uo pipefail
 shared=$(realpath -m "${1:-$(dirname "$0")/../../shared}")
 out=$(realpath -m "${2:-$(dirname "$0")/../results}")
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-"$py" -c "import sys, torch; torch.cuda.is_available() or sys.exit('error: no CUDA device: run this on a GPU machine')"
+"$py" -c "import sys, torch; torch.cuda.is_available() or sys.exit('error: no CUDA device: run this on a GPU machine')" || exit 2
 [ -f "$shared/weights/DSRNet_x2_600000.pth" ] || { echo "error: no $shared/weights/DSRNet_x2_600000.pth: pass the shared folder" >&2; exit 2; }
 weights=$shared/weights/DSRNet_x2_600000.pth
 sets=("$shared/data/benchmark/Set5" "$shared/data/benchmark/Set14")
 mkdir -p "$out"
 exec > >(tee -a "$out/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
+failed=()
 
-step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; "$@"; }
+step() {  # step SECONDS COMMAND...: run with a time limit, note a failure and go on
+    local limit=$1; shift
+    echo; echo "== $* ($(date -u +%H:%M:%S))"
+    timeout "$limit" "$@" || { echo "!! step failed or overran ${limit} s (exit $?): $*"; failed+=("$*"); }
+}
 
-step "$py" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
-step "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save
-step "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --bf16
-step "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --rounds 50 --warmup 10 \
+step 60 "$py" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
+step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save
+step 120 "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --rounds 50 --warmup 10 \
     --report "$out/speed_inference_cuda.md"
-step "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --end_to_end "${sets[1]}" \
-    --report "$out/speed_end_to_end_cuda.md"
-step "$py" benchmarks/complexity.py --device cuda --ckpt_path "$weights" --output "$out/complexity_cuda.md"
+step 180 "$py" benchmarks/complexity.py --device cuda --ckpt_path "$weights" --output "$out/complexity_cuda.md"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 h5=$tmp/photos.h5
-step "$py" dataset/div2h5.py --hr_dir "$shared/data/train/Sun-Hays80" --output "$h5"
-step "$py" benchmarks/training.py --train_data_path "$h5" --scale 2 --batch_size 64 --patch_size 64 \
+step 120 "$py" dataset/div2h5.py --hr_dir "$shared/data/train/Sun-Hays80" --output "$h5"
+step 240 "$py" benchmarks/training.py --train_data_path "$h5" --scale 2 --batch_size 64 --patch_size 64 \
     --steps 100 --num_workers 4 --report "$out/speed_training_cuda.md"
+step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --tf32
+step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --bf16
+step 120 "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --size 512 --rounds 30 --warmup 5 \
+    --report "$out/speed_inference_512_cuda.md"
+step 180 "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --end_to_end "${sets[1]}" \
+    --report "$out/speed_end_to_end_cuda.md"
+step 240 "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --compile --rounds 50 --warmup 10 \
+    --report "$out/speed_inference_compile_cuda.md"
 [ -e ../shared ] || ln -s "$shared" ../shared  # the tests look for ../shared
-step "$py" -m pytest -q -x -p no:cacheprovider
+parallel=()  # pytest-xdist where the machine has it: 8 workers of 2 threads each
+"$py" -c "import xdist" 2>/dev/null && parallel=(-n 8)
+step 600 env OMP_NUM_THREADS=2 "$py" -m pytest -q -p no:cacheprovider "${parallel[@]}"
+echo
+if [ ${#failed[@]} -gt 0 ]; then
+    printf '!! failed: %s\n' "${failed[@]}"
+    exit 1
+fi
+echo "all steps passed"

@@ -5,7 +5,8 @@
     python benchmarks/inference.py --end_to_end ../shared/data/benchmark/Set14
 
 All paths run in one process, interleaved round by round so that a busy machine slows them alike;
-times are medians after warm-up (CUDA synchronised). The roof is a 2048^3 float32 matmul.
+times are medians after warm-up (CUDA synchronised). The roof is a 2048^3 float32 matmul (8192^3 on
+CUDA, where a smaller one cannot fill the GPU).
 The authors' sample.py never turns autograd off (its weights are nn.Parameters; it calls
 ``net(lr).detach()``), so the baseline is timed both that way and under ``torch.no_grad()``; both
 compute the same gate branch as the default path, so that their outputs can be compared: the trained
@@ -36,11 +37,12 @@ from dataset.io import ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint, read_checkpoint, scale_name  # noqa: E402
 from model.dsrnet import is_authors_state_dict  # noqa: E402
-from model.inference import bf16_supported, exact_float32, image_to_tensor, super_resolve  # noqa: E402
+from model.inference import bf16_supported, exact_float32, image_to_tensor, set_tf32, super_resolve  # noqa: E402
 from model.reference import reference_forward  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 BF16_PATH = "sample.py --bf16 (opt-in)"
+TF32_PATH = "sample.py --tf32 (opt-in, CUDA)"
 DEFAULT_WEIGHTS = [ROOT / "checkpoint" / "DSRNet_x2_600000.pth",
                    ROOT.parent / "shared" / "weights" / "DSRNet_x2_600000.pth"]
 
@@ -91,11 +93,16 @@ def interleaved(paths: dict[str, Callable[[], object]], rounds: int, warmup: int
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_roof(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, rounds: int = 5) -> float:
-    """GFLOP/s of an n^3 matmul: what this machine's BLAS reaches on dense work in ``dtype``."""
+def matmul_roof(device: torch.device, precision: str = "fp32", n: int = 2048, rounds: int = 5) -> float:
+    """GFLOP/s of an n^3 matmul: what this machine reaches on dense work in ``precision`` (fp32, tf32, bf16)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = torch.rand(n, n, device=device, dtype=dtype), torch.rand(n, n, device=device, dtype=dtype)
-    a @ b
-    return 2 * n ** 3 / min(timed(lambda: a @ b, device) for _ in range(rounds)) / 1e9
+    before, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, precision == "tf32"
+    try:
+        a @ b
+        return 2 * n ** 3 / min(timed(lambda: a @ b, device) for _ in range(rounds)) / 1e9
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def as_parameters(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -129,6 +136,14 @@ def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, tor
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
                 return net(image_to_tensor(lr_u8, device), 2).float()
         paths[BF16_PATH] = bf16
+    if device.type == "cuda":
+        def tf32() -> torch.Tensor:
+            set_tf32(True)
+            try:
+                return default()
+            finally:
+                set_tf32(False)
+        paths[TF32_PATH] = tf32
     if cfg.compile:
         compiled = torch.compile(net, dynamic=False)
         t0 = time.perf_counter()
@@ -143,20 +158,21 @@ def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, tor
     ref = eager_no_grad()
     diffs = {name: float((fn() - ref).abs().max()) for name, fn in paths.items()}
     flops = count_flops(meta_net(2, cfg.branch), (cfg.size, cfg.size), 2)[0]
-    precision = {name: torch.bfloat16 if name == BF16_PATH else torch.float32 for name in paths}
-    roofs = {dt: matmul_roof(device, dt) for dt in set(precision.values())}
+    precision = {name: {BF16_PATH: "bf16", TF32_PATH: "tf32"}.get(name, "fp32") for name in paths}
+    roof_n = 8192 if device.type == "cuda" else 2048
+    roofs = {prec: matmul_roof(device, prec, roof_n) for prec in set(precision.values())}
     times = interleaved(paths, cfg.rounds, cfg.warmup, device)
     written, no_grad = times["authors' code as written (autograd on)"], times["authors' forward under no_grad"]
     print(f"x2, LR {cfg.size}x{cfg.size}, {cfg.branch} branch: {flops / 1e9:.2f} GFLOP per forward "
-          f"(torch.utils.flop_counter); roof: a 2048^3 matmul, {roofs[torch.float32]:.0f} GFLOP/s in fp32"
-          + (f", {roofs[torch.bfloat16]:.0f} in bf16" if torch.bfloat16 in roofs else ""))
+          f"(torch.utils.flop_counter); roof: a {roof_n}^3 matmul, {roofs['fp32']:.0f} GFLOP/s in fp32"
+          + "".join(f", {roofs[prec]:.0f} in {prec}" for prec in ("tf32", "bf16") if prec in roofs))
     print("| path | ms | vs as written | vs no_grad eager | GFLOP/s | % of roof | max abs diff |\n"
           "|---|---|---|---|---|---|---|")
     for name, t in times.items():
         print(f"| {name} | {t * 1e3:.1f} | {written / t:.2f}x | {no_grad / t:.2f}x | {flops / t / 1e9:.0f} | "
               f"{100 * flops / t / 1e9 / roofs[precision[name]]:.0f} % | {diffs[name]:.1e} |")
     print("% of roof: against the matmul roof of the path's own precision. max abs diff: against the no_grad "
-          "eager output on the [0, 1] scale; float32 paths must stay <= 1e-4, bf16 cannot")
+          "eager output on the [0, 1] scale; float32 paths must stay <= 1e-4, tf32 and bf16 cannot")
 
 
 def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float:

@@ -29,14 +29,20 @@ def cpu_flags_have_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def exact_float32() -> None:
-    """Run float32 convolutions as IEEE float32 on CUDA too, so that GPU results match the CPU's.
+def set_tf32(enabled: bool) -> None:
+    """Whether cuDNN may run float32 convolutions in TF32 (Ampere and newer GPUs; no effect on CPUs).
 
-    PyTorch lets cuDNN compute float32 convolutions in TF32 (a 10-bit mantissa) on Ampere and newer
-    GPUs by default: inputs rounded to about 5e-4 relative, beyond the benchmarks' 1e-4 agreement between
-    paths, so evaluation and the speed benchmarks' float32 rows turn it off; training keeps PyTorch's default.
+    PyTorch allows it by default: inputs are rounded to a 10-bit mantissa (about 5e-4 relative), beyond the
+    benchmarks' 1e-4 agreement between paths. Evaluation and the benchmarks' float32 rows turn it off, so that
+    "float32" means IEEE float32 and GPU scores match the CPU's; ``sample.py --tf32`` turns it back on for
+    speed, and training keeps PyTorch's default.
     """
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def exact_float32() -> None:
+    """IEEE float32 convolutions on CUDA too (see ``set_tf32``)."""
+    set_tf32(False)
 
 
 def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:

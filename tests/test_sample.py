@@ -61,6 +61,8 @@ def test_deterministic_default(weights_x2, small_set, tmp_path, monkeypatch):
     first, second = sample.main(args), sample.main(args)
     assert [(r.psnr, r.ssim) for r in first] == [(r.psnr, r.ssim) for r in second]
     assert torch.backends.cudnn.allow_tf32 is False  # on an Ampere+ GPU, float32 convs must not be TF32
+    sample.main(args + ["--tf32"])
+    assert torch.backends.cudnn.allow_tf32 is True
 
 
 def test_tiles_match_whole_image(weights_x2, small_set):
