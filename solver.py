@@ -126,6 +126,9 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"),
                    help="mixed precision (bf16 if no value; fp16 adds a grad scaler and needs CUDA). On a "
                         "CPU with native bfloat16 (AVX512-BF16/AMX) bf16 about doubles steps/s")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic cuDNN kernels, no autotuning: on a GPU a resumed run then ends bit-identical "
+                        "to an uninterrupted one, at some speed (CPU runs are deterministic anyway)")
     p.add_argument("--num_workers", type=_int_at_least(0), default=2, help="DataLoader worker processes")
     p.add_argument("--in_memory", action="store_true", help="load the whole HDF5 file into RAM first")
     cfg = p.parse_args(argv)
@@ -400,8 +403,9 @@ class Solver:
             # Only one gated branch (and never conv9/conv10 or the detached gate) gets gradients.
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.net, device_ids=device_ids, find_unused_parameters=True)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cuda":  # autotuned kernels are faster but may differ from run to run
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+            torch.backends.cudnn.deterministic = cfg.deterministic
 
     # ------------------------------------------------------------------ the loop
 

@@ -18,6 +18,11 @@ def _need(path: Path) -> Path:
     return path
 
 
+def need_set(benchmark_dir: Path, name: str) -> Path:
+    """One test set of ../shared, skipped with a reason when absent (a GPU machine may carry only some)."""
+    return _need(benchmark_dir / name)
+
+
 @pytest.fixture(scope="session")
 def weights_x2() -> Path:
     return _need(WEIGHTS_X2)

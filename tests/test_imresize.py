@@ -16,6 +16,7 @@ import pytest
 if __name__ == "__main__":  # script mode: make the repo root importable, as pytest.ini does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conftest import need_set  # noqa: E402
 from dataset.imresize import imresize, modcrop  # noqa: E402
 from dataset.io import read_image  # noqa: E402
 from errors import InputError  # noqa: E402
@@ -78,6 +79,7 @@ def test_matches_matlab_benchmark_lr(benchmark_dir: Path, set_name: str, scale: 
     # Measured: every pixel of every image, interior and border, at x2, x3 and x4 is
     # bit-identical, so anything short of an exact match is a regression. (Mirrored
     # borders break the border; rounding only at the end breaks ~12% of all pixels.)
+    need_set(benchmark_dir, set_name)
     s = measure(str(benchmark_dir), set_name, scale)
     assert s["images"] == {"Set5": 5, "Set14": 14, "BSD100": 100}[set_name]
     summary = (f"{set_name} x{scale}: interior {s['in_pct']:.3f}% exact (max {s['in_max']}), "
@@ -88,6 +90,8 @@ def test_matches_matlab_benchmark_lr(benchmark_dir: Path, set_name: str, scale: 
 
 
 def test_difference_table(benchmark_dir: Path) -> None:
+    for set_name in SETS:
+        need_set(benchmark_dir, set_name)
     table = difference_table(benchmark_dir)
     print("\n" + table)  # shown with `pytest -s`; `python tests/test_imresize.py` prints it too
     assert len(table.splitlines()) == 1 + len(SETS) * len(SCALES)

@@ -13,6 +13,7 @@ from dataset.imresize import imresize, modcrop
 from dataset.io import read_image, write_image
 from dataset.layouts import (ImagePair, TestSet, cached_lr_path, default_cache_dir, find_test_set,
                              list_input_images, load_pair)
+from conftest import need_set
 from errors import InputError
 
 RNG = np.random.default_rng(0)
@@ -444,7 +445,7 @@ def test_list_input_images(tmp_path):
 @pytest.mark.parametrize("name, count", [("Set5", 5), ("Set14", 14), ("BSD100", 100)])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_real_benchmarks(benchmark_dir, name, count, scale):
-    ts = find_test_set(benchmark_dir / name, scale)
+    ts = find_test_set(need_set(benchmark_dir, name), scale)
     assert (ts.name, ts.scale, ts.layout, len(ts.pairs)) == (name, scale, "selfexsr", count)
     assert [p.name for p in ts.pairs] == [f"img_{i:03d}" for i in range(1, count + 1)]
     for pair in ts.pairs:  # all of BSD100 at three scales is ~1.5 s

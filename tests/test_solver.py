@@ -142,7 +142,7 @@ def test_learns_stops_exactly_and_checkpoints_load(data, tmp_path):
     assert (raw["scale"], raw["step"], raw["group"], raw["seed"]) == (2, 30, 1, 0)
     assert raw["config"]["max_steps"] == 30 and raw["environment"]["torch"] == torch.__version__
     net = load_checkpoint(ck / "dsrnet_x2_30.pth")
-    assert all(torch.equal(p, q) for p, q in zip(net.state_dict().values(), s.net.state_dict().values()))
+    assert all(torch.equal(p, q.cpu()) for p, q in zip(net.state_dict().values(), s.net.state_dict().values()))
     [result] = sample.main(["--ckpt_path", str(ck / "dsrnet_x2_30.pth"), "--test_data_dir", str(data["valid"]),
                             "--no_save", "--quiet"])
     assert result.psnr == pytest.approx(float(rows[-1]["Tiny_x2_psnr"]), abs=1e-3)  # one protocol
@@ -151,7 +151,7 @@ def test_learns_stops_exactly_and_checkpoints_load(data, tmp_path):
 
 
 def test_resume_is_bit_exact_after_signal_and_from_any_checkpoint(data, tmp_path):
-    common = ("--max_steps", "12", "--print_interval", "6")
+    common = ("--max_steps", "12", "--print_interval", "6", "--deterministic")  # a no-op on CPU
     straight = make(data, tmp_path / "a", *common)
     straight.fit()
 
@@ -228,7 +228,7 @@ def test_init_from_authors_x2(data, tmp_path, weights_x2, capsys):
     x4 = make(data, tmp_path / "x4", "--init_from", str(weights_x2), scale=4)
     own = x4.net.state_dict()
     fresh = {"construction.upsample.body.2.weight", "construction.upsample.body.2.bias"}
-    assert all(torch.equal(own[k], v) for k, v in source.items())  # x2's upsampler = x4's first stage
+    assert all(torch.equal(own[k].cpu(), v) for k, v in source.items())  # x2's upsampler = x4's first stage
     assert set(own) - set(source) == fresh
     assert "copied 35 tensors; skipped 0" in capsys.readouterr().out
     make(data, tmp_path / "x3", "--init_from", str(weights_x2), scale=3)
@@ -254,7 +254,7 @@ torch.save({{"model": solver.net.state_dict(), "branches": dict(solver.net.wide_
 
 def torchrun(script: Path, dump: Path, *args: str) -> subprocess.CompletedProcess:
     dump.mkdir()
-    env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), *args], capture_output=True, text=True, env=env, timeout=240)
 

@@ -1,0 +1,107 @@
+"""Memory layout: NCHW against channels_last (NHWC) for the inference net, per scale, size and precision.
+
+    python benchmarks/memory_format.py --device cuda --report results/memory_format_cuda.md
+    python benchmarks/memory_format.py --sizes 256 512   # CPU: float32, and bf16 where it is native
+
+Which layout is faster depends on the backend and the precision: oneDNN runs NHWC natively on CPUs, while
+cuDNN has different kernels for float32, TF32 and bf16. This measures it instead of assuming it. Random
+weights (time does not depend on their values), one net per layout holding the same weights, batch 1,
+LR = HR // scale, ``torch.inference_mode()``; medians after warm-up, the two layouts interleaved round by
+round. cuDNN's autotuner stays off unless ``--cudnn_benchmark``, as in ``sample.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.inference import interleaved  # noqa: E402
+from benchmarks.report import printed_to, provenance, require_at_least  # noqa: E402
+from dataset.io import ensure_writable  # noqa: E402
+from errors import InputError, run_cli  # noqa: E402
+from model.dsrnet import Net  # noqa: E402
+from model.inference import bf16_supported, exact_float32, set_tf32  # noqa: E402
+from runinfo import environment  # noqa: E402
+
+LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def precisions(device: torch.device) -> list[str]:
+    """float32 always; TF32 on CUDA; bf16 where it is native."""
+    return ["fp32"] + (["tf32"] if device.type == "cuda" else []) + (["bf16"] if bf16_supported(device) else [])
+
+
+def layout_times(scale: int, hr: int, precision: str, device: torch.device, rounds: int,
+                 warmup: int) -> tuple[dict[str, float], float]:
+    """Median seconds per layout, and the max abs difference between their outputs."""
+    torch.manual_seed(scale)
+    ref = Net(scale=scale).eval()
+    nets = {name: Net(scale=scale).eval() for name in LAYOUTS}
+    for name, net in nets.items():
+        net.load_state_dict(ref.state_dict())
+        net.to(device, memory_format=LAYOUTS[name])
+    x = torch.rand(1, 3, hr // scale, hr // scale, device=device)
+    inputs = {name: x.contiguous(memory_format=fmt) for name, fmt in LAYOUTS.items()}
+
+    def run(name: str) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return nets[name](inputs[name], scale)
+
+    set_tf32(precision == "tf32")
+    try:
+        diff = float((run("NCHW").float() - run("channels_last").float()).abs().max())
+        times = interleaved({name: (lambda n=name: run(n)) for name in LAYOUTS}, rounds, warmup, device)
+    finally:
+        exact_float32()
+    return times, diff
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="HR sizes (square)")
+    p.add_argument("--rounds", type=int, help="timed rounds (default 20 on CUDA, 3 on CPU)")
+    p.add_argument("--warmup", type=int, help="untimed rounds first (default 5 on CUDA, 1 on CPU)")
+    p.add_argument("--cudnn_benchmark", action="store_true", help="let cuDNN autotune its kernels")
+    p.add_argument("--report", help="also write the printed markdown here")
+    cfg = p.parse_args(argv)
+    cuda = cfg.device == "cuda"
+    cfg.rounds = cfg.rounds if cfg.rounds is not None else (20 if cuda else 3)
+    cfg.warmup = cfg.warmup if cfg.warmup is not None else (5 if cuda else 1)
+    require_at_least(cfg, rounds=1, warmup=0)
+    if min(cfg.scales) < 2 or min(cfg.sizes) < 1:
+        raise InputError("--scales must be 2 or more and --sizes 1 or more")
+    small = [(s, hr) for s in cfg.scales for hr in cfg.sizes if hr // s < 1]
+    if small:
+        raise InputError(f"HR {small[0][1]} at x{small[0][0]} leaves no LR pixel: raise --sizes")
+    if cuda and not torch.cuda.is_available():
+        raise InputError("--device cuda was given but no CUDA device is available; use --device cpu")
+    if cfg.report:
+        ensure_writable(cfg.report)
+    device = torch.device(cfg.device)
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    env = environment()
+    with printed_to(cfg.report):
+        print(provenance(env, torch.get_num_threads()))
+        print(f"batch 1, medians of {cfg.rounds} interleaved rounds after {cfg.warmup}, cuDNN autotuning "
+              f"{'on' if cfg.cudnn_benchmark else 'off'}. ratio = NCHW ms / channels_last ms "
+              "(above 1: channels_last is faster). max abs diff between the layouts' outputs.")
+        print("| scale | HR | LR | precision | NCHW ms | channels_last ms | ratio | max abs diff |\n"
+              "|---|---|---|---|---|---|---|---|")
+        for scale in cfg.scales:
+            for hr in cfg.sizes:
+                for precision in precisions(device):
+                    t, diff = layout_times(scale, hr, precision, device, cfg.rounds, cfg.warmup)
+                    print(f"| x{scale} | {hr} | {hr // scale} | {precision} | {t['NCHW'] * 1e3:.2f} | "
+                          f"{t['channels_last'] * 1e3:.2f} | {t['NCHW'] / t['channels_last']:.2f} | {diff:.1e} |",
+                          flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)
