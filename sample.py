@@ -24,7 +24,7 @@ from evaluation import (SetResult, evaluate_set, markdown_table, method_sr_folde
                         per_image_csv_beside, write_per_image_csv)
 from metrics import QUANTIZE_MODES, to_uint8  # noqa: E402
 from model import GATE_MODES, file_sha256, load_checkpoint  # noqa: E402
-from model.inference import bf16_supported, set_tf32, super_resolve  # noqa: E402
+from model.inference import bf16_supported, fast_memory_format, set_tf32, super_resolve  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     ckpt = resolve_checkpoint(cfg)
     net = None
     if ckpt is not None:
+        precision = "bf16" if cfg.bf16 else "tf32" if cfg.tf32 else "fp32"
         net = load_checkpoint(ckpt, scale=cfg.scale[0] if cfg.scale and len(cfg.scale) == 1 else None,
-                              device=device, gate_mode=cfg.gate, gate_seed=cfg.seed, group=cfg.group)
+                              device=device, gate_mode=cfg.gate, gate_seed=cfg.seed, group=cfg.group,
+                              memory_format=fast_memory_format(device, precision))
     scales = cfg.scale or ([net.scale] if net is not None and net.scale else None)
     if not scales:
         raise InputError("pass --scale (needed for --bicubic alone and for multi-scale checkpoints)")

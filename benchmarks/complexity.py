@@ -7,7 +7,7 @@
 Parameters are counted from the modules a forward really calls (forward hooks), so the never-used
 conv9/conv10 and the branch a gate mode skips drop out. FLOPs come from torch.utils.flop_counter on the
 meta device (shapes only, no arithmetic). Memory and runtime follow the default inference path:
-load_checkpoint, torch.inference_mode, channels_last, batch 1.
+load_checkpoint, torch.inference_mode, sample.py's memory layout, batch 1.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from benchmarks.report import require_at_least  # noqa: E402
 from dataset.io import atomic_write_bytes, ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import Net, file_sha256, load_checkpoint, read_checkpoint, scale_name  # noqa: E402
-from model.inference import bf16_supported, exact_float32  # noqa: E402
+from model.inference import bf16_supported, exact_float32, fast_memory_format, memory_format_of  # noqa: E402
 from runinfo import environment, git_description  # noqa: E402
 
 SCALES = (2, 3, 4)
@@ -157,15 +157,19 @@ def closest_combinations(nets: dict[int, Net], target: int, k: int = 3) -> list[
 
 # ----------------------------------------------------------------------------------------- measuring
 
-def inference_net(scale: int, device: str, ckpt: Path | None = None) -> Net:
-    """The default inference setup (eval, channels_last); the x2 authors' weights when given, else random."""
+def inference_net(scale: int, device: str, ckpt: Path | None = None, precision: str = "fp32") -> Net:
+    """sample.py's inference setup (eval, the layout ``precision`` runs fastest in on ``device``); the x2
+    authors' weights when given, else random."""
+    memory_format = fast_memory_format(device, precision)
     if ckpt:
-        return load_checkpoint(ckpt, scale=scale, device=device)
-    return Net(scale=scale).to(device, memory_format=torch.channels_last).eval()
+        return load_checkpoint(ckpt, scale=scale, device=device, memory_format=memory_format)
+    return Net(scale=scale).to(device, memory_format=memory_format).eval()
 
 
-def lr_input(lr: int, device: str) -> torch.Tensor:
-    return torch.rand(1, 3, lr, lr, device=device).contiguous(memory_format=torch.channels_last)
+def lr_input(lr: int, net: Net) -> torch.Tensor:
+    """A random LR image on ``net``'s device, in its layout."""
+    device = next(net.parameters()).device
+    return torch.rand(1, 3, lr, lr, device=device).contiguous(memory_format=memory_format_of(net))
 
 
 def _proc_status_mib(field: str) -> float:
@@ -178,7 +182,8 @@ def _proc_status_mib(field: str) -> float:
 
 def _memory_probe(scale: int, lr: int, autograd: bool) -> float:
     """Runs inside a fresh interpreter: peak RSS growth (MiB) of one steady-state forward."""
-    net, x = inference_net(scale, "cpu"), lr_input(lr, "cpu")
+    net = inference_net(scale, "cpu")
+    x = lr_input(lr, net)
 
     def forward() -> None:
         with nullcontext() if autograd else torch.inference_mode():
@@ -352,7 +357,8 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
          "including the output and oneDNN buffers, not the weights or the input." if cfg.device == "cpu" else
          "CUDA: `torch.cuda.max_memory_allocated()` minus `memory_allocated()` around a forward that follows a "
          "warm-up one: tensors and cuDNN workspace, not the weights, the input or the CUDA context.")
-        + " *Inference* is the default path (inference_mode, channels_last); *autograd* is the same forward "
+        + " *Inference* is the default float32 path (inference_mode, the layout `sample.py` picks); *autograd* "
+        "is the same forward "
         "with gradients enabled, keeping the activations for a backward pass as in training. The paper does "
         "not say which it measured.", "",
         _table(["scale", "HR size", "LR size", f"inference MiB ({mem_unit})", "autograd MiB"],
@@ -365,8 +371,9 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
            "Our x2 readings of that size were not measured (HR 256 and 512 not in --sizes)."), "",
         "## Runtime", "",
         f"Median of {cfg.repeats} timed runs after {cfg.warmup} warm-up(s), batch 1, random LR input, "
-        "`torch.inference_mode()`, channels_last" + (", `torch.cuda.synchronize()` after each run" if
-                                                     cfg.device == "cuda" else "") + ". LR = HR // scale. "
+        "`torch.inference_mode()`, each precision in the memory layout `sample.py` picks for it (channels_last on "
+        "CPUs; on CUDA NCHW for float32 and channels_last for bf16: `benchmarks/memory_format.py`)"
+        + (", `torch.cuda.synchronize()` after each run" if cfg.device == "cuda" else "") + ". LR = HR // scale. "
         "float32 is the evaluation protocol; the bf16 rows (opt-in `sample.py --bf16`, measured only where "
         "bfloat16 is native) trade a little accuracy for speed: the authors' x2 weights score within 0.015 dB "
         "of float32 on Set5/Set14/B100 (README, Speed).", "",
@@ -442,17 +449,17 @@ def main(argv: list[str] | None = None) -> Path | None:
     runtime: dict[tuple[int, int, bool], float] = {}  # (scale, HR side, bf16)
     precisions = (False, True) if bf16_supported(torch.device(cfg.device)) else (False,)
     for s in SCALES:
-        net = inference_net(s, cfg.device, ckpt if s == 2 else None)
+        nets = {bf16: inference_net(s, cfg.device, ckpt if s == 2 else None, "bf16" if bf16 else "fp32")
+                for bf16 in precisions}
         for hr in cfg.sizes:
             lr = hr // s
             if cfg.device == "cuda":
                 for job in (j for j in jobs if j[:2] == (s, lr)):
-                    memory[job] = peak_memory_cuda(net, lr_input(lr, cfg.device), s, autograd=job[2])
-            for bf16 in precisions:
-                runtime[(s, hr, bf16)] = time_forward(net, lr_input(lr, cfg.device), s, cfg.repeats, cfg.warmup,
-                                                      bf16)
+                    memory[job] = peak_memory_cuda(nets[False], lr_input(lr, nets[False]), s, autograd=job[2])
+            for bf16, net in nets.items():
+                runtime[(s, hr, bf16)] = time_forward(net, lr_input(lr, net), s, cfg.repeats, cfg.warmup, bf16)
             log(f"x{s} HR {hr}: {runtime[(s, hr, False)]:.1f} ms, {memory[(s, lr, False)]:.1f} MiB")
-        del net
+        del nets
 
     text = render(params, groups, closest, flops, memory, runtime, cfg, environment(), ckpt)
     out = Path(cfg.output)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure the speed work asks for, in one run on a machine with one CUDA device: sample.py in
 # float32, TF32 and bf16 (PSNR/SSIM, CUDA paths), the inference benchmark (128x128 and 512x512 LR),
-# the complexity report, training throughput (fp32, --amp bf16, --amp fp16), the end-to-end benchmark,
+# NCHW against channels_last, the complexity report, training throughput (fp32, --amp bf16, --amp fp16), the end-to-end benchmark,
 # torch.compile, then the test suite on CUDA. Most wanted first; each step has a time limit, and a step
 # that fails or overruns is reported and skipped, so one bad step does not cost the others.
 #
@@ -42,6 +42,7 @@ step 60 "$py" -c "import torch; print(torch.__version__, torch.version.cuda, tor
 step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save
 step 120 "$py" benchmarks/inference.py --cuda --ckpt_path "$weights" --rounds 50 --warmup 10 \
     --report "$out/speed_inference_cuda.md"
+step 120 "$py" benchmarks/memory_format.py --device cuda --report "$out/memory_format_cuda.md"
 step 180 "$py" benchmarks/complexity.py --device cuda --ckpt_path "$weights" --output "$out/complexity_cuda.md"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

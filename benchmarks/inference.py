@@ -36,8 +36,9 @@ from benchmarks.report import printed_to, provenance, require_at_least  # noqa: 
 from dataset.io import ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint, read_checkpoint, scale_name  # noqa: E402
-from model.dsrnet import is_authors_state_dict  # noqa: E402
-from model.inference import bf16_supported, exact_float32, image_to_tensor, set_tf32, super_resolve  # noqa: E402
+from model.dsrnet import Net, is_authors_state_dict  # noqa: E402
+from model.inference import (bf16_supported, exact_float32, fast_memory_format, image_to_tensor,  # noqa: E402
+                             memory_format_of, set_tf32, super_resolve)
 from model.reference import reference_forward  # noqa: E402
 from runinfo import environment  # noqa: E402
 
@@ -113,7 +114,6 @@ def as_parameters(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, torch.Tensor],
                       device: torch.device) -> None:
     params = as_parameters(raw)
-    net = load_checkpoint(weights, device=device, gate_mode=cfg.branch)
     fixed = cfg.branch == "fixed"
     lr_u8 = np.random.default_rng(0).integers(0, 256, (cfg.size, cfg.size, 3), dtype=np.uint8)
     x_nchw = image_to_tensor(lr_u8, device).contiguous()
@@ -125,36 +125,36 @@ def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, tor
         with torch.no_grad():
             return reference_forward(raw, x_nchw, use_fixed=fixed, decide_on_host=True)
 
-    def default() -> torch.Tensor:
-        with torch.inference_mode():
-            return net(image_to_tensor(lr_u8, device), 2)
+    def loaded(precision: str) -> Net:  # as sample.py loads it: in the layout that precision runs fastest in
+        return load_checkpoint(weights, device=device, gate_mode=cfg.branch,
+                               memory_format=fast_memory_format(device, precision))
 
-    paths = {"authors' code as written (autograd on)": as_written,
-             "authors' forward under no_grad": eager_no_grad, "default path (fp32)": default}
-    if bf16_supported(device):
-        def bf16() -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-                return net(image_to_tensor(lr_u8, device), 2).float()
-        paths[BF16_PATH] = bf16
-    if device.type == "cuda":
-        def tf32() -> torch.Tensor:
-            set_tf32(True)
+    def default_path(net: torch.nn.Module, precision: str = "fp32") -> Callable[[], torch.Tensor]:
+        """sample.py's forward in ``precision``, the input in the net's layout."""
+        def run() -> torch.Tensor:
+            set_tf32(precision == "tf32")
             try:
-                return default()
+                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                            enabled=precision == "bf16"):
+                    return net(image_to_tensor(lr_u8, device, memory_format_of(net)), 2).float()
             finally:
                 set_tf32(False)
-        paths[TF32_PATH] = tf32
+        return run
+
+    net = loaded("fp32")
+    paths = {"authors' code as written (autograd on)": as_written,
+             "authors' forward under no_grad": eager_no_grad, "default path (fp32)": default_path(net)}
+    if bf16_supported(device):
+        paths[BF16_PATH] = default_path(loaded("bf16"), "bf16")
+    if device.type == "cuda":
+        paths[TF32_PATH] = default_path(loaded("tf32"), "tf32")
     if cfg.compile:
         compiled = torch.compile(net, dynamic=False)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            compiled(image_to_tensor(lr_u8, device), 2)
+            compiled(image_to_tensor(lr_u8, device, memory_format_of(net)), 2)
         print(f"torch.compile build: {time.perf_counter() - t0:.1f} s (first call)")
-
-        def compiled_path() -> torch.Tensor:
-            with torch.inference_mode():
-                return compiled(image_to_tensor(lr_u8, device), 2)
-        paths["torch.compile"] = compiled_path
+        paths["torch.compile"] = default_path(compiled)
     ref = eager_no_grad()
     diffs = {name: float((fn() - ref).abs().max()) for name, fn in paths.items()}
     flops = count_flops(meta_net(2, cfg.branch), (cfg.size, cfg.size), 2)[0]

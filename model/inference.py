@@ -45,13 +45,36 @@ def exact_float32() -> None:
     set_tf32(False)
 
 
-def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """HWC uint8 RGB -> 1x3xHxW float in [0, 1] (the authors' ToTensor), channels_last in memory.
+def fast_memory_format(device: str | torch.device, precision: str = "fp32") -> torch.memory_format:
+    """The layout (weights and activations) in which ``precision`` ("fp32", "tf32", "bf16") runs fastest here.
+
+    Measured with ``benchmarks/memory_format.py``: channels_last (NHWC) on CPUs, where oneDNN runs it natively
+    (about 15 % faster), and for TF32/bf16 on CUDA (1.05-1.37x on an H200 from HR 512 up); NCHW for IEEE
+    float32 on CUDA, where cuDNN's NHWC kernels were 0.69-0.94x as fast, and at x3 its heuristics chose an
+    FFT algorithm 10-14x slower (results/memory_format_cuda.md).
+    """
+    if torch.device(device).type == "cuda" and precision == "fp32":
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def memory_format_of(net: torch.nn.Module) -> torch.memory_format:
+    """The layout of ``net``'s 3x3 convolution weights: inputs should match it, since a channels_last input
+    makes cuDNN run an NCHW net in NHWC too."""
+    for w in net.parameters():
+        if w.dim() == 4 and w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1:
+            return torch.contiguous_format if w.is_contiguous() else torch.channels_last
+    return torch.contiguous_format
+
+
+def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu",
+                    memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """HWC uint8 RGB -> 1x3xHxW float in [0, 1] (the authors' ToTensor), in ``memory_format``.
 
     HWC is already the NHWC layout, so the permute is free and no copy is made before the float cast.
     """
     t = torch.from_numpy(np.ascontiguousarray(img)).to(device)
-    return t.permute(2, 0, 1).unsqueeze(0).float().div_(255).contiguous(memory_format=torch.channels_last)
+    return t.permute(2, 0, 1).unsqueeze(0).float().div_(255).contiguous(memory_format=memory_format)
 
 
 def _window_starts(length: int, window: int, overlap: int) -> list[int]:
@@ -113,7 +136,7 @@ def super_resolve(net: torch.nn.Module, lr: np.ndarray, scale: int, tile: int | 
     net under bfloat16 autocast: faster where the hardware has it, but not the float32 protocol.
     """
     device = torch.device(device) if device else next(net.parameters()).device
-    x = image_to_tensor(lr, device)
+    x = image_to_tensor(lr, device, memory_format_of(net))
 
     def run(inp: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

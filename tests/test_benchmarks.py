@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import alternatives, inference, training
+from benchmarks import alternatives, inference, memory_format, training
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import read_image, write_image
 from errors import InputError
@@ -54,6 +54,19 @@ def test_alternatives_compute_the_same(weights_x2, tmp_path, capsys):
     rows = _rows((tmp_path / "alt.md").read_text())
     assert float(rows["oneDNN fused conv+ReLU"][-1]) <= 1e-4
     assert 0 < float(rows["Winograd F(4x4, 3x3)"][-1]) < 1e-3
+
+
+def test_memory_format_benchmark_compares_equal_outputs(tmp_path, capsys):
+    memory_format.main(["--scales", "2", "3", "--sizes", "24", "--rounds", "1", "--warmup", "0",
+                        "--report", str(tmp_path / "layout.md")])
+    printed = capsys.readouterr().out
+    assert (tmp_path / "layout.md").read_text() == printed
+    rows = [line.strip("|").split("|") for line in printed.splitlines() if line.startswith("| x")]
+    assert [(r[0].strip(), r[3].strip()) for r in rows if r[3].strip() == "fp32"] == [("x2", "fp32"), ("x3", "fp32")]
+    for r in rows:
+        assert float(r[-1]) <= (1e-4 if r[3].strip() == "fp32" else 1e-2), r
+    with pytest.raises(InputError, match="HR 2 at x3 leaves no LR pixel"):
+        memory_format.main(["--scales", "3", "--sizes", "2"])
 
 
 def test_training_benchmark_reports_every_loop(tmp_path, capsys):

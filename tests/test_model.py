@@ -167,6 +167,24 @@ def test_default_inference_path_matches_eager(weights_x2, authors_sd):
     assert (exact_tiles - eager).abs().max().item() <= 1e-4
 
 
+def test_memory_layouts_compute_the_same(weights_x2):
+    """sample.py's layout choice (NCHW for float32 on CUDA, channels_last elsewhere) leaves the output as it
+    is, and super_resolve feeds the net its own layout (a mismatch would make cuDNN run the other kernels)."""
+    from model.inference import fast_memory_format, memory_format_of, super_resolve
+
+    assert fast_memory_format("cuda") == torch.contiguous_format
+    assert {fast_memory_format(d, p) for d, p in [("cpu", "fp32"), ("cpu", "bf16"), ("cuda", "tf32"),
+                                                  ("cuda", "bf16")]} == {torch.channels_last}
+    nchw = load_checkpoint(weights_x2, memory_format=torch.contiguous_format)
+    nhwc = load_checkpoint(weights_x2)
+    assert memory_format_of(nchw) == torch.contiguous_format and memory_format_of(nhwc) == torch.channels_last
+    seen = []
+    nchw.residual_enhancement.conv1.register_forward_pre_hook(lambda _, inp: seen.append(inp[0].is_contiguous()))
+    lr = (torch.rand(33, 41, 3, generator=torch.Generator().manual_seed(5)) * 255).byte().numpy()
+    assert (super_resolve(nchw, lr, 2) - super_resolve(nhwc, lr, 2)).abs().max().item() <= 1e-5
+    assert seen == [True]
+
+
 def test_cpu_bf16_check_reads_the_cpu_flags(tmp_path):
     from model.inference import cpu_flags_have_bf16
 
