@@ -55,7 +55,7 @@ from errors import InputError
 from evaluation import evaluate_set, require_scorable
 from metrics import to_uint8
 from model import GATE_MODES, Net, read_checkpoint
-from model.inference import bf16_supported, super_resolve
+from model.inference import bf16_supported, exact_float32, set_tf32, super_resolve
 from runinfo import environment
 
 ROOT = Path(__file__).resolve().parent
@@ -514,12 +514,18 @@ class Solver:
         return total / self.world, signal.SIGINT if sigint else signal.SIGTERM if sigterm else 0
 
     def validate(self, step: int) -> dict[str, float]:
-        """PSNR/SSIM on --valid_data_dir with sample.py's protocol and its deterministic gate (rank 0)."""
+        """PSNR/SSIM on --valid_data_dir with sample.py's protocol and its deterministic gate (rank 0).
+
+        In IEEE float32 as sample.py, so that the logged scores are what sample.py gives the checkpoint;
+        training itself keeps PyTorch's TF32 setting, restored afterwards.
+        """
         if self.rank != 0 or not self.valid_sets:
             return {}
         cfg, scores = self.cfg, {}
         self.net.eval()
         self.net.set_gate("selected")
+        tf32 = torch.backends.cudnn.allow_tf32
+        exact_float32()
         try:
             for ts in self.valid_sets:
                 def upscale(lr: np.ndarray, s: int = ts.scale) -> np.ndarray:
@@ -530,6 +536,7 @@ class Solver:
                 scores[f"{ts.name}_x{ts.scale}_psnr"] = result.psnr
                 scores[f"{ts.name}_x{ts.scale}_ssim"] = result.ssim
         finally:
+            set_tf32(tf32)
             self.net.set_gate(cfg.gate)  # no seed: the training gate's noise stream continues
             self.net.train()
         return scores

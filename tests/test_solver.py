@@ -150,6 +150,18 @@ def test_learns_stops_exactly_and_checkpoints_load(data, tmp_path):
     assert len(list(ck.glob("*.pth"))) == 3
 
 
+def test_validation_runs_in_ieee_float32_and_restores_tf32(data, tmp_path, monkeypatch):
+    """Logged validation scores must be sample.py's, which turns TF32 off; training keeps PyTorch's setting."""
+    s = make(data, tmp_path / "ck", "--valid_data_dir", str(data["valid"]))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # PyTorch's default; restored afterwards
+    seen = []
+    real = solver_module.super_resolve
+    monkeypatch.setattr(solver_module, "super_resolve",
+                        lambda *a, **k: seen.append(torch.backends.cudnn.allow_tf32) or real(*a, **k))
+    assert s.validate(0)["Tiny_x2_psnr"] > 0
+    assert seen == [False, False] and torch.backends.cudnn.allow_tf32 is True
+
+
 def test_resume_is_bit_exact_after_signal_and_from_any_checkpoint(data, tmp_path):
     common = ("--max_steps", "12", "--print_interval", "6", "--deterministic")  # a no-op on CPU
     straight = make(data, tmp_path / "a", *common)
