@@ -306,35 +306,43 @@ class RunLog:
     """``log.csv`` (one row per logged step) plus TensorBoard under ``tb/`` when it is installed.
 
     On resume the CSV keeps the rows up to the resumed step and drops later ones, and TensorBoard
-    purges events from that step on, so a run resumed any number of times logs each step once.
+    purges events from that step on, so a run resumed any number of times logs each step once. An
+    earlier log is read (and refused if damaged) at once, but nothing is written before the first row:
+    a run that fails before it leaves the folder as it found it.
     """
 
     BASE_FIELDS = ["step", "loss", "lr", "samples_per_s"]
 
     def __init__(self, ckpt_dir: Path, valid_fields: list[str], start: int):
-        self.path = ckpt_dir / "log.csv"
-        rows, fields = [], self.BASE_FIELDS + valid_fields
+        self.ckpt_dir, self.start, self.path = ckpt_dir, start, ckpt_dir / "log.csv"
+        self.rows, fields = [], self.BASE_FIELDS + valid_fields
         if start > 0 and self.path.is_file():
             try:
                 with open(self.path, newline="") as f:
                     reader = csv.DictReader(f)
-                    rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= start]
+                    self.rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= start]
                     fields = list(reader.fieldnames or []) + [k for k in fields if k not in (reader.fieldnames or [])]
             except (UnicodeDecodeError, csv.Error) as err:
                 raise InputError(f"cannot continue {self.path} ({err}): move it aside and resume again") from None
         self.fields = fields
+        self.opened, self.tb = False, None
+
+    def _open(self) -> None:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fields, restval="")
+        writer = csv.DictWriter(buf, self.fields, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(self.rows)
         atomic_write_bytes(self.path, buf.getvalue().encode())
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(ckpt_dir / "tb"), purge_step=start)
+            self.tb = SummaryWriter(str(self.ckpt_dir / "tb"), purge_step=self.start)
         except ImportError:
             self.tb = None
+        self.opened = True
 
     def write(self, row: dict) -> None:
+        if not self.opened:
+            self._open()
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.fields, restval="", extrasaction="ignore").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -321,7 +321,8 @@ def test_cli_errors_are_one_line(data, tmp_path):
     base = ["--train_data_path", str(data["h5"]), "--ckpt_dir", str(tmp_path / "ck"), "--max_steps", "1"]
     cases = {
         # raised in a DataLoader worker: one line, and no hang on workers that ignore SIGTERM
-        "cannot read image": [*base, "--train_data_path", str(damaged), *TINY, "--num_workers", "2"],
+        "cannot read image": [*base, "--train_data_path", str(damaged), *TINY, "--num_workers", "2",
+                              "--ckpt_dir", str(tmp_path / "ck_damaged")],
         "training file": ["--train_data_path", str(tmp_path / "missing.h5"), "--ckpt_dir", str(tmp_path / "ck")],
         "cannot write checkpoints": [*base, "--ckpt_dir", str(blocker / "sub")],
         "--resume": [*base, "--resume", str(tmp_path / "nope.pth")],
@@ -333,6 +334,7 @@ def test_cli_errors_are_one_line(data, tmp_path):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, err
         assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not any((tmp_path / "ck_damaged").iterdir())  # no log.csv or tb/ from a run that never logged
 
 
 def test_refusals_in_process(data, tmp_path):
