@@ -1,6 +1,7 @@
 """Image reading and atomic writing: the one place that touches image files."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -62,8 +63,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def ensure_writable(path: str | os.PathLike) -> None:
-    """Fail now, not after a long run, when ``path`` cannot be written (a folder, under a file, read-only)."""
-    _temp_beside(Path(path)).unlink()
+    """Fail now, not after a long run, when ``path`` cannot be written (a folder, under a file, read-only).
+
+    Creates nothing: missing folders are made when the file is written, and the probe is a temp file in
+    the nearest folder that exists, gone at once (asking the OS for permissions would pass /proc as root).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; name a file")
+    nearest = path.parent
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    try:
+        if not nearest.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as err:
+        raise _unwritable(path, err) from None
 
 
 def _temp_beside(path: Path) -> Path:

@@ -1,10 +1,11 @@
 """Image I/O and atomic writes: nothing half-written, ordinary permissions, one-line errors."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dataset.io import atomic_path, atomic_write_bytes, read_image, write_image
+from dataset.io import atomic_path, atomic_write_bytes, ensure_writable, read_image, write_image
 from errors import InputError
 
 
@@ -33,6 +34,17 @@ def test_failed_write_leaves_nothing(tmp_path):
             raise RuntimeError("crash")
     assert (tmp_path / "keep.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_writability_check_creates_nothing(tmp_path):
+    ensure_writable(tmp_path / "new" / "deeper" / "report.md")
+    assert list(tmp_path.iterdir()) == []  # neither the folders nor the probe are left
+    (tmp_path / "a_file").touch()
+    for bad, reason in [(tmp_path, "it is a folder"), (tmp_path / "a_file" / "sub" / "r.md", "Not a directory"),
+                        (Path("/proc/no/such/r.md"), "cannot write /proc/no/such/r.md")]:
+        with pytest.raises(InputError, match=reason):
+            ensure_writable(bad)
+    assert list(tmp_path.iterdir()) == [tmp_path / "a_file"]
 
 
 def test_bad_images(tmp_path):
