@@ -4,7 +4,8 @@
 
 All loops run in this process, one after the other, on the same HDF5 file with the same batch and
 patch; each is timed after a few warm-up steps. The Solver runs in float32, with ``--amp bf16`` where
-the hardware has native bfloat16, and with ``--amp fp16`` on CUDA. Its figures come from its own
+the hardware has native bfloat16, and with ``--amp fp16`` on CUDA; on CUDA also with ``--deterministic``
+(cuDNN's deterministic kernels, no autotuning: what bit-exact resume costs). Its figures come from its own
 training loop (`Solver.fit`), so they include everything a real run does per step. On an Ampere+ GPU
 the float32 rows, like any training here, let cuDNN use TF32 (PyTorch's default).
 """
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # the Solver's own log lines
         loops = {"naive (inline data, NCHW, fp32)": naive_steps_per_s(*args),
                  f"Solver ({cfg.num_workers} workers, fp32)": solver_steps_per_s(*args, cfg.num_workers, [])}
+        if torch.cuda.is_available():  # what bit-exact resume costs on a GPU (CPU runs are deterministic anyway)
+            loops[f"Solver ({cfg.num_workers} workers, fp32, --deterministic)"] = \
+                solver_steps_per_s(*args, cfg.num_workers, ["--deterministic"])
         if bf16_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
             loops[f"Solver ({cfg.num_workers} workers, --amp bf16)"] = \
                 solver_steps_per_s(*args, cfg.num_workers, ["--amp", "bf16"])
