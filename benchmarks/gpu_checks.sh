@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU figure the speed work asks for, in one run on a machine with one CUDA device: sample.py in
-# float32, TF32 and bf16 (PSNR/SSIM, CUDA paths), the inference benchmark (128x128 and 512x512 LR),
-# NCHW against channels_last, the complexity report, training throughput (fp32, --amp bf16, --amp fp16), the end-to-end benchmark,
-# torch.compile, then the test suite on CUDA. Most wanted first; each step has a time limit, and a step
-# that fails or overruns is reported and skipped, so one bad step does not cost the others.
+# float32, TF32 and bf16 (PSNR/SSIM, CUDA paths), the inference benchmark (128x128 and 512x512 LR), NCHW
+# against channels_last, the complexity report, training throughput (fp32, --deterministic, --amp bf16,
+# --amp fp16), the end-to-end benchmark, torch.compile, then the test suite on CUDA. Most wanted first;
+# each step has a time limit, and a step that fails or overruns is reported and skipped, so one bad step
+# does not cost the others.
 #
 #   benchmarks/gpu_checks.sh [SHARED] [OUT]
 #

@@ -37,8 +37,8 @@ from dataset.io import ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint, read_checkpoint, scale_name  # noqa: E402
 from model.dsrnet import Net, is_authors_state_dict  # noqa: E402
-from model.inference import (bf16_supported, exact_float32, fast_memory_format, image_to_tensor,  # noqa: E402
-                             memory_format_of, set_tf32, super_resolve)
+from model.inference import (bf16_supported, fast_memory_format, image_to_tensor, memory_format_of,  # noqa: E402
+                             set_tf32, super_resolve)
 from model.reference import reference_forward  # noqa: E402
 from runinfo import environment  # noqa: E402
 
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = {k: v.to(device) for k, v in authors_state_dict(weights).items()}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    exact_float32()  # the float32 rows must be float32, not TF32
+    set_tf32(False)  # the float32 rows must be float32, not TF32
     env = environment()
     with printed_to(cfg.report):
         print(provenance(env, torch.get_num_threads()))

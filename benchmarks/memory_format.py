@@ -25,7 +25,7 @@ from benchmarks.report import printed_to, provenance, require_at_least  # noqa: 
 from dataset.io import ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model.dsrnet import Net  # noqa: E402
-from model.inference import bf16_supported, exact_float32, set_tf32  # noqa: E402
+from model.inference import bf16_supported, set_tf32  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -57,7 +57,7 @@ def layout_times(scale: int, hr: int, precision: str, device: torch.device, roun
         diff = float((run("NCHW").float() - run("channels_last").float()).abs().max())
         times = interleaved({name: (lambda n=name: run(n)) for name in LAYOUTS}, rounds, warmup, device)
     finally:
-        exact_float32()
+        set_tf32(False)
     return times, diff
 
 

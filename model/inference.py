@@ -40,11 +40,6 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def exact_float32() -> None:
-    """IEEE float32 convolutions on CUDA too (see ``set_tf32``)."""
-    set_tf32(False)
-
-
 def fast_memory_format(device: str | torch.device, precision: str = "fp32") -> torch.memory_format:
     """The layout (weights and activations) in which ``precision`` ("fp32", "tf32", "bf16") runs fastest here.
 
