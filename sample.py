@@ -24,7 +24,7 @@ from evaluation import (SetResult, evaluate_set, markdown_table, method_sr_folde
                         per_image_csv_beside, write_per_image_csv)
 from metrics import QUANTIZE_MODES, to_uint8  # noqa: E402
 from model import GATE_MODES, file_sha256, load_checkpoint  # noqa: E402
-from model.inference import bf16_supported, fast_memory_format, set_tf32, super_resolve  # noqa: E402
+from model.inference import bf16_supported, fast_memory_format, set_tf32, super_resolve, tf32_supported  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
         ensure_writable(Path(cfg.sample_dir) / "SR.png")
     device = pick_device(cfg.cuda)
     set_tf32(cfg.tf32)
+    if cfg.tf32 and not tf32_supported(device):
+        raise InputError("--tf32 needs an Ampere or newer GPU (TF32 does not exist elsewhere, so it would change "
+                         "nothing here): drop --tf32")
     if cfg.bf16 and not bf16_supported(device):
         raise InputError("--bf16 needs native bfloat16 (an Ampere or newer GPU, or a CPU with AVX512-BF16 or "
                          "AMX); this machine would emulate it, slower than float32: drop --bf16")

@@ -25,6 +25,7 @@ training stops exactly at --max_steps with a final checkpoint, and bad input end
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import io
 import math
@@ -55,7 +56,7 @@ from errors import InputError
 from evaluation import evaluate_set, require_scorable
 from metrics import to_uint8
 from model import GATE_MODES, Net, read_checkpoint
-from model.inference import bf16_supported, set_tf32, super_resolve
+from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32, super_resolve
 from runinfo import environment
 
 ROOT = Path(__file__).resolve().parent
@@ -64,7 +65,7 @@ LOSSES = {"MSE": nn.MSELoss, "L1": nn.L1Loss, "SmoothL1": nn.SmoothL1Loss}
 MODEL_FLAGS = ("model", "scale", "group")
 # Flags a resume may change, at the price of no longer matching an uninterrupted run.
 RUN_FLAGS = ("lr", "decay", "clip", "loss_fn", "batch_size", "patch_size", "seed", "gate", "amp",
-             "train_data_path")
+             "train_data_path", "deterministic")
 EXIT_ON_SIGNAL = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
 
 
@@ -328,7 +329,10 @@ class RunLog:
         self.fields = fields
         self.opened, self.tb = False, None
 
-    def _open(self) -> None:
+    def open(self) -> None:
+        """Write the CSV header (and kept rows) and start TensorBoard, once."""
+        if self.opened:
+            return
         buf = io.StringIO()
         writer = csv.DictWriter(buf, self.fields, restval="")
         writer.writeheader()
@@ -342,8 +346,7 @@ class RunLog:
         self.opened = True
 
     def write(self, row: dict) -> None:
-        if not self.opened:
-            self._open()
+        self.open()
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.fields, restval="", extrasaction="ignore").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -474,6 +477,8 @@ class Solver:
                             self.say(f"saved {self.save(step)}", bar)
                         clock, clock_step = time.perf_counter(), step  # validating and saving is not training
                     if stop:
+                        if log is not None:
+                            log.open()  # a checkpoint of this run: the folder's log must be this run's too
                         path = self.ckpt_path(step) if evaluate else self.save(step)
                         self.say(f"stopped by {signal.Signals(stop).name} at step {step}; saved {path}; "
                                  "continue with --resume", bar)
@@ -525,8 +530,8 @@ class Solver:
     def validate(self, step: int) -> dict[str, float]:
         """PSNR/SSIM on --valid_data_dir with sample.py's protocol and its deterministic gate (rank 0).
 
-        In IEEE float32 as sample.py, so that the logged scores are what sample.py gives the checkpoint;
-        training itself keeps PyTorch's TF32 setting, restored afterwards.
+        In IEEE float32 and the memory layout sample.py uses, so that the logged scores are what sample.py
+        gives the checkpoint; training itself keeps PyTorch's TF32 setting, restored afterwards.
         """
         if self.rank != 0 or not self.valid_sets:
             return {}
@@ -535,10 +540,12 @@ class Solver:
         self.net.set_gate("selected")
         tf32 = torch.backends.cudnn.allow_tf32
         set_tf32(False)
+        layout = fast_memory_format(self.device)  # on a GPU, float32 runs NCHW: a copy, not the training net
+        net = self.net if layout == memory_format_of(self.net) else copy.deepcopy(self.net).to(memory_format=layout)
         try:
             for ts in self.valid_sets:
                 def upscale(lr: np.ndarray, s: int = ts.scale) -> np.ndarray:
-                    return to_uint8(super_resolve(self.net, lr, s, device=self.device))
+                    return to_uint8(super_resolve(net, lr, s, device=self.device))
                 save = (Path(cfg.sample_dir) / cfg.ckpt_name / str(step) / ts.name / f"x{ts.scale}"
                         if cfg.sample_dir else None)
                 result = evaluate_set(upscale, ts, "DSRNet", shave=cfg.shave, save_dir=save)
@@ -626,7 +633,9 @@ class Solver:
                 raise InputError(f"cannot resume {path}: it was trained with --{flag} {saved.get(flag)}, "
                                  f"this run has --{flag} {getattr(cfg, flag)}; pass the same value, or "
                                  "start a new run from its weights with --init_from")
-        changed = [f"--{f} {saved.get(f)} -> {getattr(cfg, f)}" for f in RUN_FLAGS if saved.get(f) != getattr(cfg, f)]
+        # Flags a checkpoint predates are not compared; CPU runs are deterministic with or without the flag.
+        compared = [f for f in RUN_FLAGS if f in saved and (f != "deterministic" or self.device.type == "cuda")]
+        changed = [f"--{f} {saved[f]} -> {getattr(cfg, f)}" for f in compared if saved[f] != getattr(cfg, f)]
         if changed:
             self.say("note: resuming with changed " + ", ".join(changed)
                      + ": the run no longer matches an uninterrupted one")

@@ -69,12 +69,12 @@ def ensure_writable(path: str | os.PathLike) -> None:
     the nearest folder that exists, gone at once (asking the OS for permissions would pass /proc as root).
     """
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a folder; name a file")
-    nearest = path.parent
-    while not nearest.exists() and nearest != nearest.parent:
-        nearest = nearest.parent
     try:
+        if path.is_dir():
+            raise InputError(f"cannot write {path}: it is a folder; name a file")
+        nearest = path.parent
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
         if not nearest.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         with tempfile.TemporaryFile(dir=nearest):

@@ -29,6 +29,11 @@ def cpu_flags_have_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def tf32_supported(device: torch.device) -> bool:
+    """TF32 exists on Ampere and newer NVIDIA GPUs only; elsewhere ``--tf32`` would change nothing."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def set_tf32(enabled: bool) -> None:
     """Whether cuDNN may run float32 convolutions in TF32 (Ampere and newer GPUs; no effect on CPUs).
 

@@ -61,10 +61,12 @@ def test_memory_format_benchmark_compares_equal_outputs(tmp_path, capsys):
                         "--report", str(tmp_path / "layout.md")])
     printed = capsys.readouterr().out
     assert (tmp_path / "layout.md").read_text() == printed
-    rows = [line.strip("|").split("|") for line in printed.splitlines() if line.startswith("| x")]
-    assert [(r[0].strip(), r[3].strip()) for r in rows if r[3].strip() == "fp32"] == [("x2", "fp32"), ("x3", "fp32")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in printed.splitlines() if line.startswith("| x")]
+    precisions = memory_format.precisions(torch.device("cpu"))
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [(f"x{s}", "24", str(24 // s), p)
+                                                        for s in (2, 3) for p in precisions]
     for r in rows:
-        assert float(r[-1]) <= (1e-4 if r[3].strip() == "fp32" else 1e-2), r
+        assert float(r[-1]) <= (1e-4 if r[3] == "fp32" else 1e-2), r
     with pytest.raises(InputError, match="HR 2 at x3 leaves no LR pixel"):
         memory_format.main(["--scales", "3", "--sizes", "2"])
 

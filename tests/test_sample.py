@@ -61,6 +61,10 @@ def test_deterministic_default(weights_x2, small_set, tmp_path, monkeypatch):
     first, second = sample.main(args), sample.main(args)
     assert [(r.psnr, r.ssim) for r in first] == [(r.psnr, r.ssim) for r in second]
     assert torch.backends.cudnn.allow_tf32 is False  # on an Ampere+ GPU, float32 convs must not be TF32
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--tf32 needs an Ampere or newer GPU"):
+            sample.main(args + ["--tf32"])
+    monkeypatch.setattr(sample, "tf32_supported", lambda device: True)  # as on an Ampere+ GPU
     sample.main(args + ["--tf32"])
     assert torch.backends.cudnn.allow_tf32 is True
 

@@ -162,6 +162,42 @@ def test_validation_runs_in_ieee_float32_and_restores_tf32(data, tmp_path, monke
     assert seen == [False, False] and torch.backends.cudnn.allow_tf32 is True
 
 
+def test_validation_uses_sample_layout_without_touching_the_training_net(data, tmp_path, monkeypatch):
+    """On a GPU float32 runs NCHW (sample.py's layout): validation must use an NCHW copy and give the same scores."""
+    s = make(data, tmp_path / "ck", "--valid_data_dir", str(data["valid"]))
+    channels_last = s.validate(0)
+    monkeypatch.setattr(solver_module, "fast_memory_format", lambda device: torch.contiguous_format)  # as on CUDA
+    seen = []
+    real = solver_module.super_resolve
+    monkeypatch.setattr(solver_module, "super_resolve",
+                        lambda net, *a, **k: seen.append(solver_module.memory_format_of(net)) or real(net, *a, **k))
+    nchw = s.validate(0)
+    assert seen == [torch.contiguous_format] * 2
+    assert solver_module.memory_format_of(s.net) == torch.channels_last  # the training net is left as it was
+    assert nchw["Tiny_x2_psnr"] == pytest.approx(channels_last["Tiny_x2_psnr"], abs=1e-4)
+
+
+def test_a_stop_before_the_first_log_row_starts_a_fresh_log(data, tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "log.csv").write_text("step,loss,lr,samples_per_s\n1,0.5,0.0001,10\n2,0.4,0.0001,10\n")  # another run's
+    s = make(data, ck, "--max_steps", "20", "--log_interval", "10")
+    inject(s, 2, lambda loss: (os.kill(os.getpid(), signal.SIGINT), loss)[1])
+    with pytest.raises(SystemExit):
+        s.fit()
+    assert (ck / "dsrnet_x2_2.pth").is_file()
+    assert (ck / "log.csv").read_text().splitlines() == ["step,loss,lr,samples_per_s"]
+    resumed = make(data, ck, "--max_steps", "4", "--log_interval", "10", "--resume")
+    resumed.fit()
+    assert [r["step"] for r in log_rows(ck)] == ["4"]
+
+
+def test_resume_notes_a_changed_deterministic_flag_only_where_it_matters(data, tmp_path, capsys):
+    make(data, tmp_path, "--max_steps", "2").fit()
+    make(data, tmp_path, "--max_steps", "4", "--resume", "--deterministic").fit()
+    assert "resuming with changed" not in capsys.readouterr().out  # CPU runs are deterministic anyway
+
+
 def test_resume_is_bit_exact_after_signal_and_from_any_checkpoint(data, tmp_path):
     common = ("--max_steps", "12", "--print_interval", "6", "--deterministic")  # a no-op on CPU
     straight = make(data, tmp_path / "a", *common)
