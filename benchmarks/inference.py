@@ -131,12 +131,14 @@ def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, tor
 
     def default_path(net: torch.nn.Module, precision: str = "fp32") -> Callable[[], torch.Tensor]:
         """sample.py's forward in ``precision``, the input in the net's layout."""
+        layout = memory_format_of(net)
+
         def run() -> torch.Tensor:
             set_tf32(precision == "tf32")
             try:
                 with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                             enabled=precision == "bf16"):
-                    return net(image_to_tensor(lr_u8, device, memory_format_of(net)), 2).float()
+                    return net(image_to_tensor(lr_u8, device, layout), 2).float()
             finally:
                 set_tf32(False)
         return run
