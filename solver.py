@@ -56,7 +56,7 @@ from errors import InputError
 from evaluation import evaluate_set, require_scorable
 from metrics import to_uint8
 from model import GATE_MODES, Net, read_checkpoint
-from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32, super_resolve
+from model.inference import bf16_supported, fast_memory_format, memory_format_of, super_resolve, tf32
 from runinfo import environment
 
 ROOT = Path(__file__).resolve().parent
@@ -538,21 +538,19 @@ class Solver:
         cfg, scores = self.cfg, {}
         self.net.eval()
         self.net.set_gate("selected")
-        tf32 = torch.backends.cudnn.allow_tf32
-        set_tf32(False)
         layout = fast_memory_format(self.device)  # on a GPU, float32 runs NCHW: a copy, not the training net
         net = self.net if layout == memory_format_of(self.net) else copy.deepcopy(self.net).to(memory_format=layout)
         try:
-            for ts in self.valid_sets:
-                def upscale(lr: np.ndarray, s: int = ts.scale) -> np.ndarray:
-                    return to_uint8(super_resolve(net, lr, s, device=self.device))
-                save = (Path(cfg.sample_dir) / cfg.ckpt_name / str(step) / ts.name / f"x{ts.scale}"
-                        if cfg.sample_dir else None)
-                result = evaluate_set(upscale, ts, "DSRNet", shave=cfg.shave, save_dir=save)
-                scores[f"{ts.name}_x{ts.scale}_psnr"] = result.psnr
-                scores[f"{ts.name}_x{ts.scale}_ssim"] = result.ssim
+            with tf32(False):
+                for ts in self.valid_sets:
+                    def upscale(lr: np.ndarray, s: int = ts.scale) -> np.ndarray:
+                        return to_uint8(super_resolve(net, lr, s, device=self.device))
+                    save = (Path(cfg.sample_dir) / cfg.ckpt_name / str(step) / ts.name / f"x{ts.scale}"
+                            if cfg.sample_dir else None)
+                    result = evaluate_set(upscale, ts, "DSRNet", shave=cfg.shave, save_dir=save)
+                    scores[f"{ts.name}_x{ts.scale}_psnr"] = result.psnr
+                    scores[f"{ts.name}_x{ts.scale}_ssim"] = result.ssim
         finally:
-            set_tf32(tf32)
             self.net.set_gate(cfg.gate)  # no seed: the training gate's noise stream continues
             self.net.train()
         return scores

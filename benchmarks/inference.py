@@ -38,7 +38,7 @@ from errors import InputError, run_cli  # noqa: E402
 from model import load_checkpoint, read_checkpoint, scale_name  # noqa: E402
 from model.dsrnet import Net, is_authors_state_dict  # noqa: E402
 from model.inference import (bf16_supported, fast_memory_format, image_to_tensor, memory_format_of,  # noqa: E402
-                             set_tf32, super_resolve)
+                             set_tf32, super_resolve, tf32)
 from model.reference import reference_forward  # noqa: E402
 from runinfo import environment  # noqa: E402
 
@@ -134,13 +134,9 @@ def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, tor
         layout = memory_format_of(net)
 
         def run() -> torch.Tensor:
-            set_tf32(precision == "tf32")
-            try:
-                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                            enabled=precision == "bf16"):
-                    return net(image_to_tensor(lr_u8, device, layout), 2).float()
-            finally:
-                set_tf32(False)
+            with tf32(precision == "tf32"), torch.inference_mode(), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return net(image_to_tensor(lr_u8, device, layout), 2).float()
         return run
 
     net = loaded("fp32")

@@ -12,6 +12,7 @@ round. cuDNN's autotuner stays off unless ``--cudnn_benchmark``, as in ``sample.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from benchmarks.report import printed_to, provenance, require_at_least  # noqa: 
 from dataset.io import ensure_writable  # noqa: E402
 from errors import InputError, run_cli  # noqa: E402
 from model.dsrnet import Net  # noqa: E402
-from model.inference import bf16_supported, set_tf32  # noqa: E402
+from model.inference import bf16_supported, tf32  # noqa: E402
 from runinfo import environment  # noqa: E402
 
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -41,10 +42,7 @@ def layout_times(scale: int, hr: int, precision: str, device: torch.device, roun
     """Median seconds per layout, and the max abs difference between their outputs."""
     torch.manual_seed(scale)
     ref = Net(scale=scale).eval()
-    nets = {name: Net(scale=scale).eval() for name in LAYOUTS}
-    for name, net in nets.items():
-        net.load_state_dict(ref.state_dict())
-        net.to(device, memory_format=LAYOUTS[name])
+    nets = {name: copy.deepcopy(ref).to(device, memory_format=fmt) for name, fmt in LAYOUTS.items()}
     x = torch.rand(1, 3, hr // scale, hr // scale, device=device)
     inputs = {name: x.contiguous(memory_format=fmt) for name, fmt in LAYOUTS.items()}
 
@@ -52,12 +50,9 @@ def layout_times(scale: int, hr: int, precision: str, device: torch.device, roun
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             return nets[name](inputs[name], scale)
 
-    set_tf32(precision == "tf32")
-    try:
+    with tf32(precision == "tf32"):
         diff = float((run("NCHW").float() - run("channels_last").float()).abs().max())
         times = interleaved({name: (lambda n=name: run(n)) for name in LAYOUTS}, rounds, warmup, device)
-    finally:
-        set_tf32(False)
     return times, diff
 
 

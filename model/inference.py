@@ -1,7 +1,9 @@
 """Running a DSRNet on whole images: tensor conversion, overlapping tiles, x8 self-ensemble, bf16."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -43,6 +45,17 @@ def set_tf32(enabled: bool) -> None:
     speed, and training keeps PyTorch's default.
     """
     torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """:func:`set_tf32` for one block; the setting before it comes back afterwards."""
+    before = torch.backends.cudnn.allow_tf32
+    set_tf32(enabled)
+    try:
+        yield
+    finally:
+        set_tf32(before)
 
 
 def fast_memory_format(device: str | torch.device, precision: str = "fp32") -> torch.memory_format:
