@@ -25,21 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+import sample
+from dataset.div2h5 import pack_hr_folder
+from dataset.io import atomic_write_bytes, write_image
+from dsrnet.errors import InputError, run_cli
+from dsrnet.evaluation import SetResult
+from dsrnet.provenance import environment, git_description
+from model import read_checkpoint
+from solver import Solver
+from solver import parse_args as solver_args
+from tools import visualize
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-import sample  # noqa: E402
-import visualize  # noqa: E402
-from dataset.div2h5 import pack_hr_folder  # noqa: E402
-from dataset.io import atomic_write_bytes, write_image  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from evaluation import SetResult  # noqa: E402
-from model import read_checkpoint  # noqa: E402
-from runinfo import environment, git_description  # noqa: E402
-from solver import Solver  # noqa: E402
-from solver import parse_args as solver_args  # noqa: E402
 
 DEFAULT_AUTHORS = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
 SCALE = 2

@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+import torch
+
+from dataset.imresize import imresize
+from dataset.io import atomic_write_bytes, ensure_writable, read_image, write_image
+from dataset.layouts import find_test_set, list_input_images
+from dsrnet.errors import InputError, run_cli
+from dsrnet.evaluation import (
+    SetResult,
+    evaluate_set,
+    markdown_table,
+    method_sr_folder,
+    per_image_csv_beside,
+    write_per_image_csv,
+)
+from dsrnet.metrics import QUANTIZE_MODES, to_uint8
+from dsrnet.provenance import environment
+from model import GATE_MODES, file_sha256, load_checkpoint
+from model.inference import bf16_supported, fast_memory_format, set_tf32, super_resolve, tf32_supported
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from dataset.imresize import imresize  # noqa: E402
-from dataset.io import atomic_write_bytes, ensure_writable, read_image, write_image  # noqa: E402
-from dataset.layouts import find_test_set, list_input_images  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from evaluation import (SetResult, evaluate_set, markdown_table, method_sr_folder,  # noqa: E402
-                        per_image_csv_beside, write_per_image_csv)
-from metrics import QUANTIZE_MODES, to_uint8  # noqa: E402
-from model import GATE_MODES, file_sha256, load_checkpoint  # noqa: E402
-from model.inference import bf16_supported, fast_memory_format, set_tf32, super_resolve, tf32_supported  # noqa: E402
-from runinfo import environment  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
 DEFAULT_SETS = ("Set5", "Set14", "B100", "BSD100", "Urban100")

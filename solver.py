@@ -52,12 +52,12 @@ from tqdm import tqdm
 from dataset.io import atomic_write_bytes
 from dataset.layouts import find_test_set, load_pair
 from dataset.train_data import MULTI_SCALES, TrainDataset
-from errors import InputError
-from evaluation import evaluate_set, require_scorable
-from metrics import to_uint8
+from dsrnet.errors import InputError
+from dsrnet.evaluation import evaluate_set, require_scorable
+from dsrnet.metrics import to_uint8
+from dsrnet.provenance import environment
 from model import GATE_MODES, Net, read_checkpoint
 from model.inference import bf16_supported, fast_memory_format, memory_format_of, super_resolve, tf32
-from runinfo import environment
 
 ROOT = Path(__file__).resolve().parent
 LOSSES = {"MSE": nn.MSELoss, "L1": nn.L1Loss, "SmoothL1": nn.SmoothL1Loss}

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from dataset.imresize import imresize, modcrop
 from dataset.io import atomic_path, images_in, read_image
-from errors import InputError, run_cli
+from dsrnet.errors import InputError, run_cli
 
 __all__ = ["pack_div2k", "pack_hr_folder", "main"]
 

@@ -25,7 +25,7 @@ import math
 import numpy as np
 from scipy import sparse
 
-from errors import InputError
+from dsrnet.errors import InputError
 
 __all__ = ["imresize", "modcrop"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dataset.io import IMAGE_EXTENSIONS, images_in, is_image, read_image, write_image
-from errors import InputError
+from dsrnet.errors import InputError
 
 __all__ = [
     "ImagePair", "TestSet", "find_test_set", "load_pair", "list_input_images",

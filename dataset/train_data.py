@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from errors import InputError
+from dsrnet.errors import InputError
 
 __all__ = ["TrainDataset", "MULTI_SCALES"]
 

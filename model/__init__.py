@@ -13,11 +13,16 @@ from pathlib import Path
 
 import torch
 
-from errors import InputError
 from model.dsrnet import GATE_MODES, Net, checkpoint_filter_fn, infer_scale, is_authors_state_dict
 from model.inference import fast_memory_format
 
-__all__ = ["Net", "GATE_MODES", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
+__all__ = ["CheckpointError", "Net", "GATE_MODES", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked. The message names the file and the fix; the CLIs
+    print it as one line (``dsrnet.errors.run_cli``). ``model/`` defines its own error so that it
+    depends on torch alone and can be copied into another project."""
 
 
 def scale_name(scale: int) -> str:
@@ -40,17 +45,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"checkpoint not found: {path} (pass --ckpt_path to an existing .pth file)")
+        raise CheckpointError(f"checkpoint not found: {path} (pass --ckpt_path to an existing .pth file)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if reason.startswith("Weights only load failed"):  # torch's long advice on pickles: not the point here
             reason = "not a tensor-only PyTorch file"
-        raise InputError(f"cannot read checkpoint {path}: damaged, truncated or not a checkpoint ({reason[:120]}); "
+        raise CheckpointError(f"cannot read checkpoint {path}: damaged, truncated or not a checkpoint ({reason[:120]}); "
                          "re-download or re-save it") from None
     if not isinstance(obj, dict):
-        raise InputError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict")
     ckpt = dict(obj) if "model" in obj and isinstance(obj["model"], dict) else {"model": obj}
     state = ckpt["model"]
     if is_authors_state_dict(state) or any(k.startswith("module.") for k in state):
@@ -61,7 +66,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt["scale"] = infer_scale(state)
     except KeyError:
-        raise InputError(f"checkpoint {path} has no DSRNet upsampler weights: is it a DSRNet checkpoint?") from None
+        raise CheckpointError(f"checkpoint {path} has no DSRNet upsampler weights: is it a DSRNet checkpoint?") from None
     return ckpt
 
 
@@ -77,21 +82,21 @@ def load_checkpoint(path: str | os.PathLike, scale: int | None = None, device: s
     ckpt = read_checkpoint(path)
     held = ckpt["scale"]
     if scale not in (None, 0) and held != 0 and held != scale:
-        raise InputError(f"checkpoint {path} holds a x{held} model but x{scale} was asked; "
+        raise CheckpointError(f"checkpoint {path} holds a x{held} model but x{scale} was asked; "
                          f"pass --scale {held} or a x{scale} checkpoint")
     if scale == 0 and held != 0:
-        raise InputError(f"checkpoint {path} holds a x{held} model, not a multi-scale one; pass --scale {held}")
+        raise CheckpointError(f"checkpoint {path} holds a x{held} model, not a multi-scale one; pass --scale {held}")
     groups = group or int(ckpt.get("group", 1))
     if groups < 1:
-        raise InputError(f"--group must be a positive integer, got {groups}")
+        raise CheckpointError(f"--group must be a positive integer, got {groups}")
     net = Net(scale=held or 2, multi_scale=held == 0, group=groups, gate_mode=gate_mode, gate_seed=gate_seed)
     try:
         result = net.load_state_dict(ckpt["model"], strict=False)
     except RuntimeError as err:  # tensor shapes differ, e.g. another --group than the file was trained with
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise InputError(f"checkpoint {path} does not fit DSRNet with group {groups} ({first}); "
+        raise CheckpointError(f"checkpoint {path} does not fit DSRNet with group {groups} ({first}); "
                          "drop --group or pass the one it was trained with") from None
     if result.missing_keys or result.unexpected_keys:
-        raise InputError(f"checkpoint {path} does not match DSRNet ({scale_name(held)}): "
+        raise CheckpointError(f"checkpoint {path} does not match DSRNet ({scale_name(held)}): "
                          f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
     return net.to(device, memory_format=memory_format or fast_memory_format(device)).eval()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import alternatives, inference, memory_format, training
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import read_image, write_image
-from errors import InputError
+from dsrnet.errors import USER_ERRORS, InputError
 from model import Net
+from tools.benchmarks import alternatives, inference, memory_format, training
 
 
 def _rows(text: str) -> dict[str, list[str]]:
@@ -93,17 +93,17 @@ def test_training_benchmark_reports_every_loop(tmp_path, capsys):
 
 
 def test_provenance_flags_uncommitted_changes(monkeypatch):
-    import runinfo
+    from dsrnet import provenance
 
     for status, dirty in (("", False), (" M solver.py", True), (None, None)):
-        monkeypatch.setattr(runinfo, "_git", lambda *args, s=status: s)
-        assert runinfo.git_dirty() is dirty
-    assert runinfo.environment()["git_dirty"] is None  # git itself unavailable here
+        monkeypatch.setattr(provenance, "_git", lambda *args, s=status: s)
+        assert provenance.git_dirty() is dirty
+    assert provenance.environment()["git_dirty"] is None  # git itself unavailable here
 
 
 def test_reports_name_the_commit_and_its_uncommitted_changes():
-    from benchmarks.report import provenance
-    from runinfo import git_description
+    from dsrnet.provenance import git_description
+    from tools.benchmarks.report import provenance
 
     env = {"command": "python x.py", "torch": "2.14.1", "device_name": "", "platform": "Linux",
            "git_commit": "abc123", "git_dirty": True}
@@ -127,7 +127,7 @@ def bad_weights(weights_x2, tmp_path):
 @pytest.mark.parametrize("ckpt, match", [("truncated", "cannot read checkpoint"), ("random", "cannot read checkpoint"),
                                          ("x3", "holds a x3 model"), ("trainer", "raw keys conv1.0.weight")])
 def test_inference_refuses_other_weights(bad_weights, ckpt, match):
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(USER_ERRORS, match=match):
         inference.main(["--ckpt_path", str(bad_weights[ckpt]), "--size", "16", "--rounds", "1", "--warmup", "0"])
 
 
@@ -144,7 +144,7 @@ def test_inference_refuses_other_weights(bad_weights, ckpt, match):
 ])
 def test_bad_flags_fail_before_timing(weights_x2, tmp_path, module, args, match):
     (tmp_path / "a_file").touch()
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(USER_ERRORS, match=match):
         module.main(["--ckpt_path", str(weights_x2), "--size", "16", "--rounds", "1", "--warmup", "0",
                      *(a.format(tmp=tmp_path) for a in args)])
 
@@ -158,7 +158,7 @@ def test_end_to_end_names_an_image_too_small_to_score(weights_x2, benchmark_dir,
 
 
 def test_alternatives_refuse_an_x3_file(bad_weights):
-    with pytest.raises(InputError, match="holds a x3 model"):
+    with pytest.raises(USER_ERRORS, match="holds a x3 model"):
         alternatives.main(["--ckpt_path", str(bad_weights["x3"]), "--size", "16", "--skip_compile"])
 
 
@@ -169,6 +169,6 @@ def test_alternatives_refuse_an_x3_file(bad_weights):
 ])
 def test_training_refuses_bad_flags(args, match, tmp_path):
     (tmp_path / "junk.h5").write_text("not HDF5")
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(USER_ERRORS, match=match):
         training.main(["--train_data_path", str(tmp_path / "absent.h5"), "--steps", "2", "--warmup", "1",
                        "--num_workers", "0", *(a.format(tmp=tmp_path) for a in args)])

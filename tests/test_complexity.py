@@ -1,4 +1,4 @@
-"""benchmarks/complexity.py: parameter and FLOP counts against hand arithmetic, and a --quick report."""
+"""tools/benchmarks/complexity.py: parameter and FLOP counts against hand arithmetic, and a --quick report."""
 import subprocess
 import sys
 from pathlib import Path
@@ -6,12 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import complexity
-from benchmarks.complexity import (closest_combinations, count_flops, count_parameters, meta_net, parameter_rows,
-                                   used_parameter_names)
-from errors import InputError
+from dsrnet.errors import InputError
 from model import Net, load_checkpoint
 from model.inference import bf16_supported
+from tools.benchmarks import complexity
+from tools.benchmarks.complexity import (
+    closest_combinations,
+    count_flops,
+    count_parameters,
+    meta_net,
+    parameter_rows,
+    used_parameter_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +95,7 @@ def test_closest_combinations_finds_an_exact_count():
 
 def test_quick_report(tmp_path):
     out = tmp_path / "complexity.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "complexity.py"), "--quick", "--threads", "1",
+    proc = subprocess.run([sys.executable, "-m", "tools.benchmarks.complexity", "--quick", "--threads", "1",
                            "--output", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
@@ -116,7 +122,7 @@ def test_bad_arguments_fail_first(tmp_path, args, match):
 
 
 def test_bad_arguments_are_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "complexity.py"), "--sizes", "2",
+    proc = subprocess.run([sys.executable, "-m", "tools.benchmarks.complexity", "--sizes", "2",
                            "--output", str(tmp_path / "c.md")], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --sizes")
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.md").exists()

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import demo
-from errors import InputError
 from conftest import WEIGHTS_X2
+from dsrnet.errors import InputError
+from model import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +98,7 @@ def test_bad_flags_fail_before_any_work(tmp_path):
     assert not any(tmp_path.iterdir())
     damaged = tmp_path / "damaged.pth"
     damaged.write_bytes(b"\x00 not a checkpoint")
-    with pytest.raises(InputError, match="damaged.pth"):
+    with pytest.raises(CheckpointError, match="damaged.pth"):
         demo.main(["--quick", "--authors_ckpt", str(damaged), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
     for flag in ("--seed", "--num_workers"):

@@ -5,8 +5,8 @@ import pytest
 from dataset.imresize import imresize
 from dataset.io import write_image
 from dataset.layouts import find_test_set
-from evaluation import evaluate_set, markdown_table
-from metrics import psnr_y
+from dsrnet.evaluation import evaluate_set, markdown_table
+from dsrnet.metrics import psnr_y
 
 
 @pytest.fixture

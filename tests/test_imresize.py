@@ -19,7 +19,7 @@ if __name__ == "__main__":  # script mode: make the repo root importable, as pyt
 from conftest import need_set  # noqa: E402
 from dataset.imresize import imresize, modcrop  # noqa: E402
 from dataset.io import read_image  # noqa: E402
-from errors import InputError  # noqa: E402
+from dsrnet.errors import InputError  # noqa: E402
 
 SETS = ("Set5", "Set14", "BSD100")
 SCALES = (2, 3, 4)

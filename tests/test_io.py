@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dataset.io import atomic_path, atomic_write_bytes, ensure_writable, read_image, write_image
-from errors import InputError
+from dsrnet.errors import InputError
 
 
 def test_round_trip_and_grayscale(tmp_path):

@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 
 import dataset.imresize as imresize_mod
+from conftest import need_set
 from dataset.imresize import imresize, modcrop
 from dataset.io import read_image, write_image
-from dataset.layouts import (ImagePair, TestSet, cached_lr_path, default_cache_dir, find_test_set,
-                             list_input_images, load_pair)
-from conftest import need_set
-from errors import InputError
+from dataset.layouts import (
+    ImagePair,
+    TestSet,
+    cached_lr_path,
+    default_cache_dir,
+    find_test_set,
+    list_input_images,
+    load_pair,
+)
+from dsrnet.errors import InputError
 
 RNG = np.random.default_rng(0)
 

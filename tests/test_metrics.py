@@ -7,7 +7,7 @@ import torch
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from metrics import psnr_y, rgb_to_y, ssim_y, to_uint8
+from dsrnet.metrics import psnr_y, rgb_to_y, ssim_y, to_uint8
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from errors import InputError
-from model import GATE_MODES, Net, load_checkpoint, read_checkpoint
+from model import GATE_MODES, CheckpointError, Net, load_checkpoint, read_checkpoint
 from model.dsrnet import checkpoint_filter_fn
 from model.reference import authors_gate_votes_fixed, reference_forward
 
@@ -88,25 +87,25 @@ def test_scale_inferred_and_mismatch_refused(tmp_path):
     for s in (3, 4):
         torch.save(Net(scale=s).state_dict(), tmp_path / f"x{s}.pth")
         assert load_checkpoint(tmp_path / f"x{s}.pth").scale == s
-    with pytest.raises(InputError, match=r"holds a x4 model but x2 was asked"):
+    with pytest.raises(CheckpointError, match=r"holds a x4 model but x2 was asked"):
         load_checkpoint(tmp_path / "x4.pth", scale=2)
     torch.save(Net(multi_scale=True).state_dict(), tmp_path / "ms.pth")
     assert load_checkpoint(tmp_path / "ms.pth", scale=3).multi_scale
 
 
 def test_bad_checkpoints(tmp_path):
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(InputError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "junk.pth")
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
-    with pytest.raises(InputError, match="upsampler"):
+    with pytest.raises(CheckpointError, match="upsampler"):
         load_checkpoint(tmp_path / "other.pth")
     sd = Net(scale=2).state_dict()
     sd.pop("residual_enhancement.conv1.weight")
     torch.save(sd, tmp_path / "partial.pth")
-    with pytest.raises(InputError, match="missing"):
+    with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path / "partial.pth")
 
 

@@ -1,4 +1,5 @@
 """export_onnx.py: the exported graph runs in ONNX Runtime like PyTorch at any size; what cannot export is refused."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,10 +8,10 @@ import onnx
 import pytest
 import torch
 
-import export_onnx
-from errors import InputError
-from export_onnx import TOLERANCE, check, export
+from dsrnet.errors import USER_ERRORS, InputError
 from model import Net, load_checkpoint
+from tools import export_onnx
+from tools.export_onnx import TOLERANCE, check, export
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ((20, 28), (33, 17))  # two LR sizes, neither the 16x16 the graph was traced with
@@ -78,9 +79,9 @@ def test_cli_check_on_a_multi_scale_checkpoint(random_ckpts, tmp_path, monkeypat
     (["--check", "--report", "/proc/onnx.md"], "cannot write /proc/onnx.md"),
 ])
 def test_cli_bad_input(random_ckpts, tmp_path, args, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(USER_ERRORS, match=message):
         export_onnx.main(["--ckpt_path", str(random_ckpts / "x2.pth"), "--output", str(tmp_path / "o.onnx"), *args])
-    with pytest.raises(InputError, match="multi-scale checkpoint"):
+    with pytest.raises(USER_ERRORS, match="multi-scale checkpoint"):
         export_onnx.main(["--ckpt_path", str(random_ckpts / "ms.pth")])
     assert not list(tmp_path.iterdir())
 
@@ -90,8 +91,8 @@ def test_cli_bad_input(random_ckpts, tmp_path, args, message):
     (["--ckpt_path", "any.pth", "--gate", "sample"], "error: gate mode 'sample' cannot be exported"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, str(ROOT / "export_onnx.py"), *args], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "tools.export_onnx", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
     assert proc.stderr.startswith(message) and len(proc.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())

@@ -10,7 +10,7 @@ import torch
 
 import sample
 from dataset.io import read_image, write_image
-from errors import InputError
+from dsrnet.errors import USER_ERRORS, InputError
 from model import Net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def tiny_set(tmp_path, small_set) -> Path:
 def test_bad_settings_are_refused_before_work(weights_x2, small_set, tmp_path, extra, message):
     (tmp_path / "r.md").mkdir()
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(USER_ERRORS, match=message):
         sample.main(["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--quiet",
                      "--sample_dir", str(tmp_path / "sr"), *[a.format(tmp=tmp_path) for a in extra]])
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [tmp_path / "a_file"]  # nothing written

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +23,7 @@ import sample
 import solver as solver_module
 from dataset.imresize import imresize
 from dataset.io import write_image
-from errors import InputError
+from dsrnet.errors import InputError
 from model import load_checkpoint, read_checkpoint
 from model.inference import bf16_supported
 from solver import Solver, StepSampler, get_lr, parse_args

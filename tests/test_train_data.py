@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from dataset.div2h5 import pack_hr_folder
 from dataset.imresize import imresize
 from dataset.train_data import TrainDataset
-from errors import InputError
+from dsrnet.errors import InputError
 
 
 def _write_h5(path: Path, groups: dict[str, list[np.ndarray]]) -> Path:

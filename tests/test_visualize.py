@@ -14,10 +14,10 @@ from PIL import Image
 from skimage import data
 
 import sample
-import visualize
 from dataset.io import write_image
-from errors import InputError
+from dsrnet.errors import InputError
 from model import Net
+from tools import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,7 +185,7 @@ def test_curves_errors(tmp_path, content, message):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "visualize.py"), "curves", "--log", str(tmp_path / "no.csv")],
+    proc = subprocess.run([sys.executable, "-m", "tools.visualize", "curves", "--log", str(tmp_path / "no.csv")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1

@@ -1,6 +1,6 @@
 """Training throughput: the Solver against a naive loop (no workers, NCHW, fp32), same data and net.
 
-    python benchmarks/training.py --train_data_path /work/data/photos80.h5 --scale 2 --steps 60
+    python -m tools.benchmarks.training --train_data_path PACK.h5 --scale 2 --steps 60
 
 All loops run in this process, one after the other, on the same HDF5 file with the same batch and
 patch; each is timed after a few warm-up steps. The Solver runs in float32, with ``--amp bf16`` where
@@ -14,25 +14,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn as nn
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
+from dataset.io import ensure_writable
+from dataset.train_data import TrainDataset
+from dsrnet.errors import InputError, run_cli
+from dsrnet.provenance import environment
+from model import Net
+from model.inference import bf16_supported
+from solver import Solver, parse_args
+from tools.benchmarks.report import printed_to, provenance, require_at_least
 
-from benchmarks.report import printed_to, provenance, require_at_least  # noqa: E402
-from dataset.io import ensure_writable  # noqa: E402
-from dataset.train_data import TrainDataset  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from model import Net  # noqa: E402
-from model.inference import bf16_supported  # noqa: E402
-from runinfo import environment  # noqa: E402
-from solver import Solver, parse_args  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def naive_steps_per_s(h5: str, scale: int, batch: int, patch: int, steps: int, warmup: int) -> float:

@@ -1,7 +1,7 @@
 """Memory layout: NCHW against channels_last (NHWC) for the inference net, per scale, size and precision.
 
-    python benchmarks/memory_format.py --device cuda --report results/memory_format_cuda.md
-    python benchmarks/memory_format.py --sizes 256 512   # CPU: float32, and bf16 where it is native
+    python -m tools.benchmarks.memory_format --device cuda --report results/memory_format_cuda.md
+    python -m tools.benchmarks.memory_format --sizes 256 512   # CPU: float32, and bf16 where it is native
 
 Which layout is faster depends on the backend and the precision: oneDNN runs NHWC natively on CPUs, while
 cuDNN has different kernels for float32, TF32 and bf16. This measures it instead of assuming it. Random
@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from dataset.io import ensure_writable
+from dsrnet.errors import InputError, run_cli
+from dsrnet.provenance import environment
+from model.dsrnet import Net
+from model.inference import bf16_supported, tf32
+from tools.benchmarks.inference import interleaved
+from tools.benchmarks.report import printed_to, provenance, require_at_least
 
-from benchmarks.inference import interleaved  # noqa: E402
-from benchmarks.report import printed_to, provenance, require_at_least  # noqa: E402
-from dataset.io import ensure_writable  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from model.dsrnet import Net  # noqa: E402
-from model.inference import bf16_supported, tf32  # noqa: E402
-from runinfo import environment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 

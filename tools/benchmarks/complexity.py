@@ -1,8 +1,8 @@
 """DSRNet's complexity next to the paper's Table 7 (x2, "256x256") and Table 8 (x4 runtime).
 
-    python benchmarks/complexity.py                          # CPU, HR 256/512/1024 -> results/complexity.md
-    python benchmarks/complexity.py --device cuda            # GPU runtime and memory
-    python benchmarks/complexity.py --quick --output /tmp/c.md   # seconds (tests)
+    python -m tools.benchmarks.complexity                          # CPU, HR 256/512/1024 -> results/complexity.md
+    python -m tools.benchmarks.complexity --device cuda            # GPU runtime and memory
+    python -m tools.benchmarks.complexity --quick --output /tmp/c.md   # seconds (tests)
 
 Parameters are counted from the modules a forward really calls (forward hooks), so the never-used
 conv9/conv10 and the branch a gate mode skips drop out. FLOPs come from torch.utils.flop_counter on the
@@ -24,18 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from dataset.io import atomic_write_bytes, ensure_writable
+from dsrnet.errors import InputError, run_cli
+from dsrnet.provenance import environment, git_description
+from model import Net, file_sha256, load_checkpoint, read_checkpoint, scale_name
+from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32
+from tools.benchmarks.report import require_at_least
 
-from benchmarks.report import require_at_least  # noqa: E402
-from dataset.io import atomic_write_bytes, ensure_writable  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from model import Net, file_sha256, load_checkpoint, read_checkpoint, scale_name  # noqa: E402
-from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32  # noqa: E402
-from runinfo import environment, git_description  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SCALES = (2, 3, 4)
 BRANCHES = ("selected", "fixed")
@@ -205,12 +204,12 @@ def peak_memory_cpu(scale: int, lr: int, autograd: bool = False, threads: int | 
     """
     if not Path("/proc/self/clear_refs").exists():
         return math.nan
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(scale), str(lr)]
+    cmd = [sys.executable, "-m", "tools.benchmarks.complexity", "--memory-probe", str(scale), str(lr)]
     cmd += (["--autograd"] if autograd else []) + (["--threads", str(threads)] if threads else [])
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if out.returncode:
-        raise RuntimeError(f"memory probe {cmd[2:]} failed: {out.stderr.strip()[-500:]}")
+        raise RuntimeError(f"memory probe {cmd[3:]} failed: {out.stderr.strip()[-500:]}")
     return float(out.stdout.split()[-1])
 
 
@@ -289,7 +288,7 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
 
     out = [
         "# DSRNet complexity: ours vs the paper (Tables 7 and 8)", "",
-        f"Written by `benchmarks/complexity.py`. Command: `{env['command']}`  ",
+        f"Written by `tools/benchmarks/complexity.py`. Command: `{env['command']}`  ",
         f"Device: {cfg.device} ({env['device_name'] or 'unknown CPU'}), {env['threads']} torch threads, "
         f"torch {env['torch']}, Python {env['python']}, {env['platform']}, git {git_description(env)}.  ",
         f"Weights: {weights}; x3/x4 are randomly initialised nets of the right shape (counts and timings do "
@@ -372,7 +371,7 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
         "## Runtime", "",
         f"Median of {cfg.repeats} timed runs after {cfg.warmup} warm-up(s), batch 1, random LR input, "
         "`torch.inference_mode()`, each precision in the memory layout `sample.py` picks for it (channels_last on "
-        "CPUs; on CUDA NCHW for float32 and channels_last for bf16: `benchmarks/memory_format.py`)"
+        "CPUs; on CUDA NCHW for float32 and channels_last for bf16: `tools/benchmarks/memory_format.py`)"
         + (", `torch.cuda.synchronize()` after each run" if cfg.device == "cuda" else "") + ". LR = HR // scale. "
         "float32 is the evaluation protocol; the bf16 rows (opt-in `sample.py --bf16`, measured only where "
         "bfloat16 is native) trade a little accuracy for speed: the authors' x2 weights score within 0.015 dB "

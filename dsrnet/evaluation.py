@@ -19,8 +19,8 @@ import numpy as np
 
 from dataset.io import atomic_write_bytes, write_image
 from dataset.layouts import ImagePair, TestSet, load_pair
-from errors import InputError
-from metrics import check_scorable, psnr_y, ssim_y
+from dsrnet.errors import InputError
+from dsrnet.metrics import check_scorable, psnr_y, ssim_y
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # LR uint8 HWC -> SR uint8 HWC
 

@@ -1,4 +1,8 @@
-"""One exception type for problems a user can fix, and the CLI edge that prints them."""
+"""One exception type for problems a user can fix, and the CLI edge that prints them.
+
+``model/`` raises its own :class:`model.CheckpointError` (it depends on torch alone); the CLI edge
+treats both alike.
+"""
 from __future__ import annotations
 
 import multiprocessing
@@ -6,12 +10,18 @@ import os
 import sys
 from typing import Callable
 
+from model import CheckpointError
+
 
 class InputError(Exception):
     """Bad input the user can fix (missing path, wrong scale, corrupt file).
 
     The message names the culprit and the fix; CLIs print it as a single line.
     """
+
+
+# Everything a user can fix: printed as one line by run_cli.
+USER_ERRORS = (InputError, CheckpointError)
 
 
 def _own_words(message: str) -> str:
@@ -32,7 +42,7 @@ def run_cli(main: Callable[[], object]) -> None:
     try:
         main()
         return
-    except InputError as err:
+    except USER_ERRORS as err:
         print(f"error: {_own_words(str(err))}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from dataset.io import atomic_write_bytes
-from errors import InputError
-from runinfo import git_description
+from dsrnet.errors import InputError
+from dsrnet.provenance import git_description
 
 
 class _Tee(io.TextIOBase):

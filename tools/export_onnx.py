@@ -1,7 +1,7 @@
 """Export DSRNet to ONNX for deployment: one scale, a deterministic gate, dynamic batch/height/width.
 
-    python export_onnx.py --ckpt_path checkpoint/DSRNet_x2_600000.pth --check
-    python export_onnx.py --ckpt_path checkpoint/multi_scale.pth --scale 3 --output dsrnet_x3.onnx
+    python -m tools.export_onnx --ckpt_path checkpoint/DSRNet_x2_600000.pth --check
+    python -m tools.export_onnx --ckpt_path checkpoint/multi_scale.pth --scale 3 --output dsrnet_x3.onnx
 
 The graph maps "lr" (float32 RGB NCHW in [0, 1]) to "sr". Only the 'selected' (default) and 'fixed'
 gate modes export: 'sample' and 'argmax' choose the branch on the host from the gate's output, a
@@ -18,20 +18,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn as nn
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
+from dataset.io import atomic_path, ensure_writable
+from dsrnet.errors import InputError, run_cli
+from dsrnet.provenance import environment
+from model import GATE_MODES, load_checkpoint, scale_name
+from model.dsrnet import SCALES, Net
+from tools.benchmarks.report import printed_to, provenance
 
-from benchmarks.report import printed_to, provenance  # noqa: E402
-from dataset.io import atomic_path, ensure_writable  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from model import GATE_MODES, load_checkpoint, scale_name  # noqa: E402
-from model.dsrnet import SCALES, Net  # noqa: E402
-from runinfo import environment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EXPORTABLE_GATES = ("selected", "fixed")
 OPSETS = range(11, 21)  # 11: DepthToSpace as PixelShuffle needs it; 20: the TorchScript exporter's newest

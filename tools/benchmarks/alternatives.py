@@ -1,6 +1,6 @@
 """What else was tried for the float32 forward, timed against the default path in one run.
 
-    python benchmarks/alternatives.py --report results/speed_alternatives.md
+    python -m tools.benchmarks.alternatives --report results/speed_alternatives.md
 
 None of these is used by ``load_checkpoint``/``sample.py``; this script keeps the evidence for that:
   - oneDNN conv+ReLU fusion: the body's conv+ReLU pairs run as one ``mkldnn._convolution_pointwise``;
@@ -12,27 +12,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import model.dsrnet as dsrnet
+from dataset.io import ensure_writable
+from dsrnet.errors import InputError, run_cli
+from dsrnet.provenance import environment
+from model import load_checkpoint
+from model.inference import image_to_tensor
+from tools.benchmarks.inference import find_weights, interleaved
+from tools.benchmarks.report import printed_to, provenance, require_at_least
 
-import model.dsrnet as dsrnet  # noqa: E402
-from benchmarks.inference import find_weights, interleaved  # noqa: E402
-from benchmarks.report import printed_to, provenance, require_at_least  # noqa: E402
-from dataset.io import ensure_writable  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from model import load_checkpoint  # noqa: E402
-from model.inference import image_to_tensor  # noqa: E402
-from runinfo import environment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # Winograd F(4x4, 3x3) transforms (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A.
 WINO_BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],

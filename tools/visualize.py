@@ -1,9 +1,9 @@
 """Figures from any run: paper-style visual comparisons (Figures 2-3) and training curves.
 
-    python visualize.py compare --report results/x2.json                 # from `sample.py --bicubic --report`
-    python visualize.py compare --report run.json --image img_005 --box 120 40 64 64 --out fig.png
-    python visualize.py compare --report demo.json authors.json --label demo authors
-    python visualize.py curves --log checkpoint/dsrnet_x2/log.csv
+    python -m tools.visualize compare --report results/x2.json                 # from `sample.py --bicubic --report`
+    python -m tools.visualize compare --report run.json --image img_005 --box 120 40 64 64 --out fig.png
+    python -m tools.visualize compare --report demo.json authors.json --label demo authors
+    python -m tools.visualize curves --log checkpoint/dsrnet_x2/log.csv
 
 `compare` reads only what `sample.py` left behind: the report JSON (which names the test-set folders and
 the SR image folder), its per-image CSV and the saved SR PNGs; the HR is read the way sample.py read it.
@@ -17,23 +17,21 @@ import csv
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+from matplotlib.patches import Rectangle
 
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402  (no pyplot: no global state, no GUI backend)
-from matplotlib.patches import Rectangle  # noqa: E402
+from dataset.io import atomic_write_bytes, read_image
+from dataset.layouts import find_test_set, load_pair
+from dsrnet.errors import InputError, run_cli
+from dsrnet.evaluation import method_sr_folder, per_image_csv_beside, sr_image_path
+from dsrnet.metrics import rgb_to_y
 
-from dataset.io import atomic_write_bytes, read_image  # noqa: E402
-from dataset.layouts import find_test_set, load_pair  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from evaluation import method_sr_folder, per_image_csv_beside, sr_image_path  # noqa: E402
-from metrics import rgb_to_y  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BICUBIC = "Bicubic"
 CROP_INCHES = 2.3      # displayed width of one zoomed crop

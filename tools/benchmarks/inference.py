@@ -1,8 +1,8 @@
 """Inference speed: the authors' eager forward vs this repository's default path vs the machine's roof.
 
-    python benchmarks/inference.py                       # 128x128 LR at x2, the issue's anchor
-    python benchmarks/inference.py --compile             # also time torch.compile (opt-in: slow to build)
-    python benchmarks/inference.py --end_to_end ../shared/data/benchmark/Set14
+    python -m tools.benchmarks.inference                       # 128x128 LR at x2, the issue's anchor
+    python -m tools.benchmarks.inference --compile             # also time torch.compile (opt-in: slow to build)
+    python -m tools.benchmarks.inference --end_to_end ../shared/data/benchmark/Set14
 
 All paths run in one process, interleaved round by round so that a busy machine slows them alike;
 times are medians after warm-up (CUDA synchronised). The roof is a 2048^3 float32 matmul (8192^3 on
@@ -20,27 +20,32 @@ import contextlib
 import io
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from dataset.io import ensure_writable
+from dsrnet.errors import InputError, run_cli
+from dsrnet.provenance import environment
+from model import load_checkpoint, read_checkpoint, scale_name
+from model.dsrnet import Net, is_authors_state_dict
+from model.inference import (
+    bf16_supported,
+    fast_memory_format,
+    image_to_tensor,
+    memory_format_of,
+    set_tf32,
+    super_resolve,
+    tf32,
+)
+from model.reference import reference_forward
+from tools.benchmarks.complexity import count_flops, meta_net
+from tools.benchmarks.report import printed_to, provenance, require_at_least
 
-from benchmarks.complexity import count_flops, meta_net  # noqa: E402
-from benchmarks.report import printed_to, provenance, require_at_least  # noqa: E402
-from dataset.io import ensure_writable  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from model import load_checkpoint, read_checkpoint, scale_name  # noqa: E402
-from model.dsrnet import Net, is_authors_state_dict  # noqa: E402
-from model.inference import (bf16_supported, fast_memory_format, image_to_tensor, memory_format_of,  # noqa: E402
-                             set_tf32, super_resolve, tf32)
-from model.reference import reference_forward  # noqa: E402
-from runinfo import environment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 BF16_PATH = "sample.py --bf16 (opt-in)"
 TF32_PATH = "sample.py --tf32 (opt-in, CUDA)"
@@ -179,8 +184,8 @@ def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float
     from PIL import Image
 
     from dataset.layouts import load_pair
-    from evaluation import require_scorable
-    from metrics import psnr_y, ssim_y, to_uint8
+    from dsrnet.evaluation import require_scorable
+    from dsrnet.metrics import psnr_y, ssim_y, to_uint8
 
     scores = []
     for ts, pair in pairs:
