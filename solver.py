@@ -64,7 +64,8 @@ LOSSES = {"MSE": nn.MSELoss, "L1": nn.L1Loss, "SmoothL1": nn.SmoothL1Loss}
 # Flags that change the network's tensors: a checkpoint resumes only into the same ones.
 MODEL_FLAGS = ("model", "scale", "group")
 # Flags a resume may change, at the price of no longer matching an uninterrupted run.
-RUN_FLAGS = ("lr", "decay", "clip", "loss_fn", "batch_size", "patch_size", "seed", "gate", "amp",
+RUN_FLAGS = ("lr", "decay", "clip", "loss_fn", "batch_size", "patch_size", "seed", "gate", "gate_tau", "gate_tau_min",
+             "gate_penalty", "gate_lr_mult", "amp",
              "train_data_path", "deterministic")
 EXIT_ON_SIGNAL = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
 
@@ -104,7 +105,18 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     p.add_argument("--loss_fn", choices=tuple(LOSSES), default="MSE")
     p.add_argument("--gate", choices=GATE_MODES, default="sample",
                    help="wide-enhancement gate while training; 'sample' is the authors' batch-wide "
-                        "hard Gumbel gate (validation always uses 'selected', as sample.py)")
+                        "hard Gumbel gate, 'learned' a per-sample one that trains (validation uses 'selected', "
+                        "as sample.py, or 'learned' for a learned gate)")
+    p.add_argument("--gate_tau", type=_positive_float, default=1.0,
+                   help="'learned' gate: Gumbel-softmax temperature at step 0; it anneals exponentially to "
+                        "--gate_tau_min at step --decay and stays there (only the gate's gradient depends on it)")
+    p.add_argument("--gate_tau_min", type=_positive_float, default=0.5, help="'learned' gate: the temperature's floor")
+    p.add_argument("--gate_lr_mult", type=_positive_float, default=1.0,
+                   help="'learned' gate: its learning rate is --lr times this (it starts far from deciding, and "
+                        "Adam moves a weight by about the lr per step)")
+    p.add_argument("--gate_penalty", type=float, default=0.0,
+                   help="'learned' gate: add this times the share of the batch routed to the costlier all-3x3 "
+                        "'fixed' branch to the loss (0: no compute penalty)")
     p.add_argument("--seed", type=_int_at_least(0), default=0,
                    help="seeds the init, the sample stream and the gate noise")
     p.add_argument("--ckpt_dir", help="default checkpoint/dsrnet_x{scale}")
@@ -143,6 +155,12 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
 def get_lr(step: int, lr: float, decay: int) -> float:
     """The authors' step schedule: halve every ``decay`` steps."""
     return lr * 0.5 ** (step // decay)
+
+
+def get_gate_tau(step: int, start: float, floor: float, decay: int) -> float:
+    """The learned gate's temperature: exponential from ``start`` at step 0 to ``floor`` at step ``decay``
+    (the lr's first phase), then constant; a function of the step, like the lr, so a resumed run matches."""
+    return start * (floor / start) ** min(1.0, step / decay)
 
 
 def step_scale(seed: int, step: int) -> int:
@@ -369,6 +387,12 @@ class Solver:
             raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
         if cfg.resume and cfg.init_from:
             raise InputError("--resume continues a run and --init_from starts a new one: pass only one")
+        learned_only = [f for f, unset in (("gate_penalty", 0.0), ("gate_lr_mult", 1.0)) if getattr(cfg, f) != unset]
+        if learned_only and cfg.gate != "learned":
+            raise InputError(f"--{learned_only[0]} acts on the learned gate, but --gate is {cfg.gate}: "
+                             f"add --gate learned or drop --{learned_only[0]}")
+        if cfg.gate_penalty < 0:
+            raise InputError(f"--gate_penalty must be >= 0, got {cfg.gate_penalty}")
         self.rank, self.world, self.device = init_distributed(cfg.num_gpu)
         check_amp(cfg.amp, self.device)
         if cfg.batch_size % self.world:
@@ -400,8 +424,7 @@ class Solver:
                        gate_mode=cfg.gate, gate_seed=cfg.seed)
         # channels_last: oneDNN/cuDNN convolutions run NHWC natively, forward and backward
         self.net.to(self.device, memory_format=torch.channels_last)
-        self.optim = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad],
-                                      lr=cfg.lr, betas=(0.9, 0.999))
+        self.optim = torch.optim.Adam(self.param_groups(), lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.loss_fn = LOSSES[cfg.loss_fn]()
         self.step, self.loss_sum, self.loss_count = 0, 0.0, 0
@@ -410,9 +433,11 @@ class Solver:
         elif cfg.init_from:
             self.init_from(Path(cfg.init_from))
         self.model: nn.Module = self.net
-        if self.world > 1:
+        if self.world > 1 and cfg.gate == "learned":  # each sample routes itself: no vote, global-batch noise
+            self.net.wide_enhancement.noise_shard = (self.rank, self.world)
+        elif self.world > 1:
             self.net.wide_enhancement.combine_votes = vote_across_ranks(self.device)
-            # Only one gated branch (and never conv9/conv10 or the detached gate) gets gradients.
+            # conv9/conv10 never get gradients, nor (outside 'learned') the detached gate and the branch not run.
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.net, device_ids=device_ids, find_unused_parameters=True)
         if self.device.type == "cuda":  # autotuned kernels are faster but may differ from run to run
@@ -444,11 +469,15 @@ class Solver:
                 while step < cfg.max_steps:
                     scale, lr_patch, hr = self.get_batch(next(batches), step)
                     lr = get_lr(step, cfg.lr, cfg.decay)
-                    for group in self.optim.param_groups:
-                        group["lr"] = lr
+                    for group, mult in zip(self.optim.param_groups, (1.0, cfg.gate_lr_mult)):
+                        group["lr"] = lr * mult
+                    self.net.wide_enhancement.gate_tau = get_gate_tau(step, cfg.gate_tau, cfg.gate_tau_min, cfg.decay)
                     with self.autocast():
-                        loss = self.loss_fn(self.model(lr_patch, scale).float(), hr)
-                    loss_value, stop = self.agree(loss, signals)
+                        data_loss = self.loss_fn(self.model(lr_patch, scale).float(), hr)
+                    loss = data_loss  # what is logged; the compute penalty is not part of it
+                    if cfg.gate_penalty:
+                        loss = data_loss + cfg.gate_penalty * self.net.wide_enhancement.route[:, 1].mean()
+                    loss_value, stop = self.agree(data_loss, signals)
                     if not math.isfinite(loss_value):
                         last = latest_checkpoint(self.ckpt_dir, cfg.ckpt_name)
                         raise InputError(f"the loss became {loss_value} at step {step + 1}; stopped without "
@@ -470,6 +499,7 @@ class Solver:
                         row = {"step": step, "loss": self.loss_sum / self.loss_count, "lr": lr,
                                "samples_per_s": (step - clock_step) * cfg.batch_size / (time.perf_counter() - clock)}
                         self.loss_sum, self.loss_count = 0.0, 0
+                        row.update(self.routing())
                         if evaluate:
                             row.update(self.validate(step))
                         self.report(row, log, bar, evaluate)
@@ -492,6 +522,14 @@ class Solver:
         return step
 
     # ------------------------------------------------------------------ helpers of the loop
+
+    def param_groups(self) -> list[dict]:
+        """One group; with the learned gate a second one for the gate, whose lr is --gate_lr_mult times --lr."""
+        params = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        if self.cfg.gate != "learned":
+            return [{"params": [p for _, p in params]}]
+        gate = [p for n, p in params if n.startswith("wide_enhancement.gate.")]
+        return [{"params": [p for n, p in params if not n.startswith("wide_enhancement.gate.")]}, {"params": gate}]
 
     def loader(self, start: int) -> DataLoader:
         per_rank = self.cfg.batch_size // self.world
@@ -527,6 +565,15 @@ class Solver:
         total, sigint, sigterm = shared.tolist()
         return total / self.world, signal.SIGINT if sigint else signal.SIGTERM if sigterm else 0
 
+    def routing(self) -> dict[str, float]:
+        """The learned gate's share of samples routed to 'fixed' since the last log row (rank 0's shard)."""
+        if self.cfg.gate != "learned":
+            return {}
+        routed = self.net.wide_enhancement.routed
+        share = routed["fixed"] / max(1, routed["fixed"] + routed["selected"])
+        routed.clear()
+        return {"fixed_share": share}
+
     def validate(self, step: int) -> dict[str, float]:
         """PSNR/SSIM on --valid_data_dir with sample.py's protocol and its deterministic gate (rank 0).
 
@@ -537,7 +584,8 @@ class Solver:
             return {}
         cfg, scores = self.cfg, {}
         self.net.eval()
-        self.net.set_gate("selected")
+        routed = self.net.wide_enhancement.routed.copy()
+        self.net.set_gate("learned" if cfg.gate == "learned" else "selected")
         layout = fast_memory_format(self.device)  # on a GPU, float32 runs NCHW: a copy, not the training net
         net = self.net if layout == memory_format_of(self.net) else copy.deepcopy(self.net).to(memory_format=layout)
         try:
@@ -552,11 +600,13 @@ class Solver:
                     scores[f"{ts.name}_x{ts.scale}_ssim"] = result.ssim
         finally:
             self.net.set_gate(cfg.gate)  # no seed: the training gate's noise stream continues
+            self.net.wide_enhancement.routed.update(routed)
             self.net.train()
         return scores
 
     def valid_fields(self) -> list[str]:
-        return [f"{ts.name}_x{ts.scale}_{m}" for ts in self.valid_sets for m in ("psnr", "ssim")]
+        routing = ["fixed_share"] if self.cfg.gate == "learned" else []
+        return routing + [f"{ts.name}_x{ts.scale}_{m}" for ts in self.valid_sets for m in ("psnr", "ssim")]
 
     def report(self, row: dict, log: RunLog | None, bar: tqdm, evaluate: bool) -> None:
         if log is None:
@@ -599,6 +649,7 @@ class Solver:
                     "gate_generator": self.net.wide_enhancement.gate_generator.get_state(),
                     "rng": rng_states(),
                     "loss_sum": self.loss_sum, "loss_count": self.loss_count,  # the open log interval
+                    "routed": dict(self.net.wide_enhancement.routed),
                     "world_size": self.world,
                 },
             })
@@ -645,6 +696,7 @@ class Solver:
             self.net.wide_enhancement.gate_generator.set_state(state["gate_generator"])
             set_rng_states(state["rng"])
             self.step, self.loss_sum, self.loss_count = int(ckpt["step"]), state["loss_sum"], state["loss_count"]
+            self.net.wide_enhancement.routed.update(state.get("routed", {}))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise InputError(f"cannot resume {path}: its training state is damaged ({type(err).__name__}: "
                              f"{str(err).splitlines()[0] if str(err) else ''}); resume from an earlier "
