@@ -17,6 +17,7 @@ from dataset.io import atomic_write_bytes, ensure_writable, read_image, write_im
 from dataset.layouts import find_test_set, list_input_images
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import (
+    RoutedUpscaler,
     SetResult,
     evaluate_set,
     markdown_table,
@@ -47,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shave", type=int, help="border pixels left out of PSNR/SSIM (default: the scale)")
     p.add_argument("--group", type=int, default=1, help="upsampler conv groups (the authors use 1)")
     p.add_argument("--cuda", action="store_true", help="require CUDA (it is used whenever available anyway)")
-    p.add_argument("--gate", choices=GATE_MODES, default="selected", help="gate mode (see README)")
+    p.add_argument("--gate", choices=GATE_MODES, default="selected",
+                   help="gate mode (see README); 'learned' routes each image by the gate's noise-free decision")
     p.add_argument("--seed", type=int, default=0, help="seed of the 'sample' gate mode")
     p.add_argument("--quantize", choices=QUANTIZE_MODES, default="truncate", help="SR float -> uint8")
     p.add_argument("--bicubic", action="store_true", help="add the MATLAB-bicubic baseline rows")
@@ -163,12 +165,16 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
             jobs.append((method, dsrnet(ts.scale)))
         for name, upscale in jobs:
             save = None if cfg.no_save else method_sr_folder(out_root, ts.name, ts.scale, name)
-            if net is not None:
+            if name != "Bicubic":
                 net.wide_enhancement.branch_counts.clear()
+                upscale = RoutedUpscaler(upscale, net, ts.scale, passes=8 if cfg.self_ensemble else 1)
             r = evaluate_set(upscale, ts, name, shave=cfg.shave, save_dir=save, workers=cfg.workers,
                              progress=not cfg.quiet)
             if name != "Bicubic":
                 r.gate_branches = dict(net.wide_enhancement.branch_counts)
+                upscale.attach(r)
+                if save is not None:  # evaluate_set wrote it before the branches were known
+                    write_per_image_csv(save / "per_image.csv", [r])
             results.append(r)
             print(f"{r.method:8s} {r.dataset:10s} x{r.scale}  PSNR {r.psnr:.4f}  SSIM {r.ssim:.4f}  "
                   f"({r.n_images} images, {r.seconds:.1f} s)", flush=True)

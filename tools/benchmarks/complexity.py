@@ -25,12 +25,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from dataset.io import atomic_write_bytes, ensure_writable
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment, git_description
 from model import Net, file_sha256, load_checkpoint, read_checkpoint, scale_name
+from model.flops import count_flops, meta_net
 from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32
 from tools.benchmarks.report import require_at_least
 
@@ -93,27 +93,6 @@ def used_parameter_names(net: Net, scale: int | None = None) -> set[str]:
         for h in hooks:
             h.remove()
     return {f"{m}.{n}".lstrip(".") for m in called for n, _ in net.get_submodule(m).named_parameters(recurse=False)}
-
-
-def count_flops(net: torch.nn.Module, lr_hw: tuple[int, int], scale: int | None = None) -> tuple[int, int]:
-    """(FLOPs, MACs) of one forward on a 1x3xHxW LR input.
-
-    FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions and matmuls and nothing for
-    biases, ReLU, additions and pixel shuffle (about 0.1% more here), so MACs = FLOPs / 2. On a
-    meta-device net (``with torch.device("meta"): Net(...)``) this costs no arithmetic at all.
-    """
-    p = next(net.parameters())
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net(torch.zeros(1, 3, *lr_hw, device=p.device, dtype=p.dtype), scale)
-    flops = counter.get_total_flops()
-    return flops, flops // 2
-
-
-def meta_net(scale: int, gate: str = "selected") -> Net:
-    """A weightless Net of the right shapes: for counting parameters and FLOPs for free."""
-    with torch.device("meta"):
-        return Net(scale=scale, gate_mode=gate)
 
 
 def parameter_rows(net: Net, scale: int) -> list[tuple[str, int]]:
