@@ -433,10 +433,11 @@ class Solver:
         elif cfg.init_from:
             self.init_from(Path(cfg.init_from))
         self.model: nn.Module = self.net
-        if self.world > 1 and cfg.gate == "learned":  # each sample routes itself: no vote, global-batch noise
-            self.net.wide_enhancement.noise_shard = (self.rank, self.world)
-        elif self.world > 1:
-            self.net.wide_enhancement.combine_votes = vote_across_ranks(self.device)
+        if self.world > 1:
+            if cfg.gate == "learned":  # each sample routes itself: no vote; noise drawn for the global batch
+                self.net.wide_enhancement.noise_shard = (self.rank, self.world)
+            else:
+                self.net.wide_enhancement.combine_votes = vote_across_ranks(self.device)
             # conv9/conv10 never get gradients, nor (outside 'learned') the detached gate and the branch not run.
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.net, device_ids=device_ids, find_unused_parameters=True)
