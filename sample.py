@@ -17,8 +17,8 @@ from dataset.io import atomic_write_bytes, ensure_writable, read_image, write_im
 from dataset.layouts import find_test_set, list_input_images
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import (
-    RoutedUpscaler,
     SetResult,
+    evaluate_routed,
     evaluate_set,
     markdown_table,
     method_sr_folder,
@@ -165,16 +165,9 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
             jobs.append((method, dsrnet(ts.scale)))
         for name, upscale in jobs:
             save = None if cfg.no_save else method_sr_folder(out_root, ts.name, ts.scale, name)
-            if name != "Bicubic":
-                net.wide_enhancement.branch_counts.clear()
-                upscale = RoutedUpscaler(upscale, net, ts.scale, passes=8 if cfg.self_ensemble else 1)
-            r = evaluate_set(upscale, ts, name, shave=cfg.shave, save_dir=save, workers=cfg.workers,
-                             progress=not cfg.quiet)
-            if name != "Bicubic":
-                r.gate_branches = dict(net.wide_enhancement.branch_counts)
-                upscale.attach(r)
-                if save is not None:  # evaluate_set wrote it before the branches were known
-                    write_per_image_csv(save / "per_image.csv", [r])
+            how = dict(shave=cfg.shave, save_dir=save, workers=cfg.workers, progress=not cfg.quiet)
+            r = (evaluate_set(upscale, ts, name, **how) if name == "Bicubic" else
+                 evaluate_routed(upscale, net, ts, name, passes=8 if cfg.self_ensemble else 1, **how))
             results.append(r)
             print(f"{r.method:8s} {r.dataset:10s} x{r.scale}  PSNR {r.psnr:.4f}  SSIM {r.ssim:.4f}  "
                   f"({r.n_images} images, {r.seconds:.1f} s)", flush=True)

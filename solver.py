@@ -175,6 +175,24 @@ def get_gate_tau(step: int, start: float, floor: float, decay: int) -> float:
     return start * (floor / start) ** min(1.0, step / decay)
 
 
+def param_groups(net: Net, gate: str) -> list[dict]:
+    """Adam's groups: one; with the learned gate a second for the gate, whose lr is --gate_lr_mult times --lr."""
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if gate != "learned":
+        return [{"params": [p for _, p in params]}]
+    in_gate = [n.startswith("wide_enhancement.gate.") for n, _ in params]
+    return [{"params": [p for (_, p), g in zip(params, in_gate) if not g]},
+            {"params": [p for (_, p), g in zip(params, in_gate) if g]}]
+
+
+def take_fixed_share(net: Net) -> float:
+    """The share of this rank's samples the learned gate sent to 'fixed' since the last call; restarts the count."""
+    routed = net.wide_enhancement.routed
+    share = routed["fixed"] / max(1, routed["fixed"] + routed["selected"])
+    routed.clear()
+    return share
+
+
 def check_amp(amp: str | None, device: torch.device) -> None:
     """Mixed precision where the hardware has it: fp16 on CUDA, bf16 on bf16-capable GPUs and CPUs."""
     if amp is None or (amp == "fp16" and device.type == "cuda"):
@@ -275,7 +293,7 @@ class Solver:
                        gate_mode=cfg.gate, gate_seed=cfg.seed)
         # channels_last: oneDNN/cuDNN convolutions run NHWC natively, forward and backward
         self.net.to(self.device, memory_format=torch.channels_last)
-        self.optim = torch.optim.Adam(self.param_groups(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.optim = torch.optim.Adam(param_groups(self.net, cfg.gate), lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.loss_fn = LOSSES[cfg.loss_fn]()
         self.step, self.loss_sum, self.loss_count = 0, 0.0, 0  # the sums of the open log interval
@@ -347,15 +365,6 @@ class Solver:
 
     # ------------------------------------------------------------------ helpers of the loop
 
-    def param_groups(self) -> list[dict]:
-        """One group; with the learned gate a second one for the gate, whose lr is --gate_lr_mult times --lr."""
-        params = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
-        if self.cfg.gate != "learned":
-            return [{"params": [p for _, p in params]}]
-        in_gate = [n.startswith("wide_enhancement.gate.") for n, _ in params]
-        return [{"params": [p for (_, p), g in zip(params, in_gate) if not g]},
-                {"params": [p for (_, p), g in zip(params, in_gate) if g]}]
-
     def loader(self) -> DataLoader:
         return step_loader(self.dataset, self.step, self.cfg.max_steps, self.cfg.batch_size // self.world,
                            self.rank, self.world, self.cfg.num_workers, self.cfg.seed, self.device.type == "cuda")
@@ -381,10 +390,8 @@ class Solver:
         """This step's log row: the mean loss since the previous row, whose sums then restart."""
         row = {"step": self.step, "loss": self.loss_sum / self.loss_count, "lr": lr, "samples_per_s": samples_per_s}
         self.loss_sum, self.loss_count = 0.0, 0
-        if self.cfg.gate == "learned":  # the share of this rank's samples the gate sent to 'fixed'
-            routed = self.net.wide_enhancement.routed
-            row["fixed_share"] = routed["fixed"] / max(1, routed["fixed"] + routed["selected"])
-            routed.clear()
+        if self.cfg.gate == "learned":
+            row["fixed_share"] = take_fixed_share(self.net)
         return row
 
     def stop_on_signal(self, signum: int, saved: bool, log: RunLog | None, bar: tqdm) -> None:

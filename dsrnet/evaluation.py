@@ -94,6 +94,21 @@ def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int |
     return result
 
 
+def evaluate_routed(upscale: Upscaler, net, test_set: TestSet, method: str, passes: int = 1,
+                    **how) -> SetResult:
+    """:func:`evaluate_set` for a DSRNet upscaler, adding how often each branch ran (``gate_branches``), each
+    image's branch and GFLOPs, and the branch counts over the images (``branches``); ``passes`` forwards
+    make one image (8 with self-ensemble)."""
+    net.wide_enhancement.branch_counts.clear()
+    routed = RoutedUpscaler(upscale, net, test_set.scale, passes)
+    result = evaluate_set(routed, test_set, method, **how)
+    result.gate_branches = dict(net.wide_enhancement.branch_counts)
+    routed.attach(result)
+    if how.get("save_dir") is not None:  # evaluate_set wrote it before the branches were known
+        write_per_image_csv(how["save_dir"] / "per_image.csv", [result])
+    return result
+
+
 def _run_pipelined(upscale: Upscaler, test_set: TestSet, shave: int, save_dir: Path | None, workers: int,
                    bar) -> list[ImageResult]:
     """Decode ahead and score/save behind on a thread pool; only ``upscale`` runs on this thread."""
