@@ -85,6 +85,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# numpy's legacy seeding, which seed_everything drives, takes 0 .. 2**32 - 1; torch and the gate take more.
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED} (numpy's seed range), got {value}")
+    return value
+
+
+def _ckpt_name(text: str) -> str:
+    """A plain file-name prefix: with a folder (or a glob wildcard) in it, --resume would not find the checkpoints."""
+    if not text or text in (".", "..") or any(c in text for c in ("/", "\\", os.sep, "*", "?", "[")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain file name: put folders in --ckpt_dir and give "
+                                         "--ckpt_name a name without / \\ * ? [, such as dsrnet_x2")
+    return text
+
+
 def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argparse.Namespace:
     """The training flags: the authors' (same names and meaning) plus resume/validation/DDP extras."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,10 +124,11 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     p.add_argument("--gate", choices=GATE_MODES, default="sample",
                    help="wide-enhancement gate while training; 'sample' is the authors' batch-wide "
                         "hard Gumbel gate (validation always uses 'selected', as sample.py)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="seeds the init, the sample stream and the gate noise")
     p.add_argument("--ckpt_dir", help="default checkpoint/dsrnet_x{scale}")
-    p.add_argument("--ckpt_name", help="checkpoints are CKPT_DIR/CKPT_NAME_{step}.pth; default dsrnet_x{scale}")
+    p.add_argument("--ckpt_name", type=_ckpt_name,
+                   help="checkpoints are CKPT_DIR/CKPT_NAME_{step}.pth; default dsrnet_x{scale}")
     p.add_argument("--print_interval", type=_int_at_least(1), default=1000,
                    help="validate and checkpoint every N steps (and at the last step)")
     p.add_argument("--log_interval", type=_int_at_least(1), default=100,

@@ -31,8 +31,21 @@ def _own_words(message: str) -> str:
     return message.rstrip().splitlines()[-1].split("InputError: ", 1)[-1]
 
 
+def _worker_death(err: RuntimeError) -> str | None:
+    """The one line for a DataLoader worker that died (PyTorch raises a RuntimeError naming its pid), else None.
+
+    A worker killed from outside is almost always the out-of-memory killer's doing: say how to need less.
+    """
+    what = str(err).strip()
+    if not what.startswith("DataLoader worker (pid"):
+        return None
+    return (f"a data-loading worker died ({what.splitlines()[0].rstrip('. ')}), most likely killed for want of "
+            "memory: use fewer --num_workers (0 loads in the main process) or drop --in_memory; a training run "
+            "continues from its last checkpoint with --resume")
+
+
 def run_cli(main: Callable[[], object]) -> None:
-    """Run ``main`` and turn an InputError into one line on stderr and exit code 2.
+    """Run ``main`` and turn an InputError (or a dead DataLoader worker) into one line on stderr and exit code 2.
 
     A failure inside training can leave DataLoader workers running. They ignore SIGTERM (see
     solver._leave_signals_to_main), so multiprocessing's exit handler would wait for them forever;
@@ -44,6 +57,12 @@ def run_cli(main: Callable[[], object]) -> None:
         return
     except USER_ERRORS as err:
         print(f"error: {_own_words(str(err))}", file=sys.stderr)
+        code = 2
+    except RuntimeError as err:
+        line = _worker_death(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
