@@ -33,8 +33,9 @@ from dataset.io import atomic_write_bytes, write_image
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
 from dsrnet.provenance import environment, git_description
+from dsrnet.rng import MAX_SEED
 from model import read_checkpoint, scale_name
-from solver import MAX_SEED, Solver
+from solver import Solver
 from solver import parse_args as solver_args
 from tools import visualize
 

@@ -14,6 +14,8 @@ import os
 import socket
 import time
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dsrnet.errors import InputError
@@ -36,11 +38,16 @@ class RunLock:
     """Hold ``folder``'s training lock until :meth:`release`, garbage collection or the end of the process.
 
     Raises InputError naming the other run's pid and host when another process holds it. ``guarded``
-    is False where the file system has no locks.
+    is False where the file system has no locks, and with ``take=False``: a lock holding nothing, for
+    the DDP ranks that leave the folder to rank 0.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, take: bool = True):
         self.folder = Path(folder).resolve()
+        self.guarded = False
+        self._release: Callable[[], object] = lambda: None
+        if not take:
+            return
         hold = _held.get(self.folder)
         if hold is None or hold[2] != os.getpid():  # a forked child holds nothing of its parent's
             hold = _held[self.folder] = [_take(self.folder / LOCK_NAME), 0, os.getpid()]
@@ -51,6 +58,15 @@ class RunLock:
     def release(self) -> None:
         """Give the lock up (idempotent); the last holder in this process removes the lock file."""
         self._release()
+
+    @contextmanager
+    def released_on_error(self) -> Iterator[None]:
+        """Release if the block fails: a run that never starts leaves its folder free (and as it was)."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
 
 
 def _take(path: Path) -> int | None:

@@ -24,6 +24,7 @@ from dataset.io import atomic_write_bytes, stale_temps, write_image
 from dsrnet.errors import InputError
 from dsrnet.run_lock import LOCK_NAME, RunLock
 from model import Net, read_checkpoint
+from solver import Solver, parse_args
 from tools.benchmarks import checkpoint_save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,3 +212,46 @@ def test_checkpoint_save_benchmark_runs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "with fsync" in printed and "without fsync" in printed and "MB)" in printed
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- training: disk full, stale temps
+
+DISK_FULL_AT_STEP_4 = """
+import errno, os, runpy, sys
+real_fsync = os.fsync
+def fsync(fd):  # the disk fills while the step-4 checkpoint is being written
+    if ".dsrnet_x2_4.pth." in os.readlink(f"/proc/self/fd/{fd}"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_fsync(fd)
+os.fsync = fsync
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the patched writer names files through /proc")
+def test_a_full_disk_at_a_checkpoint_ends_in_one_line_keeping_the_last_one(pack, tmp_path):
+    driver = tmp_path / "disk_full.py"
+    driver.write_text(DISK_FULL_AT_STEP_4)
+    ckpt_dir = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, str(driver), str(TRAIN), "--train_data_path", str(pack), "--ckpt_dir",
+                             str(ckpt_dir), *TINY, "--max_steps", "6", "--print_interval", "2", "--num_workers", "0"],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = one_error_line(proc)
+    assert "the disk is full" in err and f"{ckpt_dir / 'dsrnet_x2_2.pth'} is intact" in err and "--resume" in err
+    assert sorted(p.name for p in ckpt_dir.glob("*.pth")) == ["dsrnet_x2_2.pth"]
+    assert read_checkpoint(ckpt_dir / "dsrnet_x2_2.pth")["step"] == 2
+    assert not [p for p in ckpt_dir.iterdir() if p.name.startswith(".")]  # no temp file, no lock left
+
+
+def test_startup_removes_only_this_runs_stale_temp_files(pack, tmp_path):
+    ours = [".dsrnet_x2_4.pth.abcd1234.tmp", ".log.csv.abcd1234.tmp"]
+    others = [".other_4.pth.abcd1234.tmp", ".dsrnet_x2_best_4.pth.abcd1234.tmp", "notes.tmp"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    solver = Solver(parse_args(["--train_data_path", str(pack), "--ckpt_dir", str(tmp_path), *TINY,
+                                "--max_steps", "1", "--num_workers", "0"]))
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, LOCK_NAME])
+    finally:
+        solver.lock.release()

@@ -20,9 +20,10 @@ from unittest import mock
 import torch
 
 from dataset.io import ensure_writable
+from dsrnet.checkpoints import save_checkpoint
 from dsrnet.errors import InputError, run_cli
+from dsrnet.rng import capture_rng_states
 from model import Net
-from solver import rng_states, save_checkpoint
 
 
 def checkpoint() -> dict:
@@ -34,7 +35,7 @@ def checkpoint() -> dict:
         param.grad = torch.randn_like(param)
     optim.step()
     return {"model": net.state_dict(), "scale": 2, "group": 1, "step": 1,
-            "train_state": {"optimizer": optim.state_dict(), "rng": rng_states()}}
+            "train_state": {"optimizer": optim.state_dict(), "rng": capture_rng_states()}}
 
 
 def time_saves(folder: Path, repeats: int) -> tuple[dict[str, list[float]], int]:
