@@ -13,11 +13,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dsrnet.errors import InputError
+from dsrnet.errors import DISK_FULL, InputError
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
-# A write that fails for want of space (or quota): the user frees some, nothing else is wrong.
-DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def is_image(path: str | os.PathLike) -> bool:

@@ -21,7 +21,7 @@ import torch
 
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import atomic_write_bytes, stale_temps, write_image
-from dsrnet.errors import InputError
+from dsrnet.errors import InputError, run_cli
 from dsrnet.run_lock import LOCK_NAME, RunLock
 from model import Net, read_checkpoint
 from solver import Solver, parse_args
@@ -255,3 +255,15 @@ def test_startup_removes_only_this_runs_stale_temp_files(pack, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, LOCK_NAME])
     finally:
         solver.lock.release()
+
+
+def test_a_full_disk_anywhere_else_is_one_line(capsys):
+    def fail(code: int) -> None:  # e.g. appending a row to log.csv, outside the atomic helpers
+        raise OSError(code, os.strerror(code), "ck/log.csv")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(lambda: fail(errno.ENOSPC))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: the disk is full writing ck/log.csv (")
+    assert len(err.strip().splitlines()) == 1 and "--resume" in err
+    with pytest.raises(PermissionError):  # any other OSError is not disguised
+        run_cli(lambda: fail(errno.EACCES))
