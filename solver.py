@@ -203,11 +203,12 @@ def check_run(cfg: argparse.Namespace, world: int, device: torch.device) -> Path
 
 def claim_folder(ckpt_dir: Path, ckpt_name: str, rank: int) -> RunLock:
     """Rank 0 locks --ckpt_dir for the run (other ranks get a lock holding nothing; fit releases it at
-    its end). Then the temp files that killed runs of this name left there (a checkpoint or log.csv being
-    written at a kill -9: up to ~12 MB each) go: only under the lock, and only this name's, as another
-    live run may be writing its own."""
+    its end). Then the temp files that killed runs of this name left there (a checkpoint, its _best/_final
+    weights or log.csv being written at a kill -9: up to ~12 MB each) go: only under the lock, and only
+    this name's, as another live run may be writing its own."""
     lock = RunLock(ckpt_dir, take=rank == 0)
-    stale = stale_temps(ckpt_dir, rf"{re.escape(ckpt_name)}_\d+\.pth|log\.csv") if lock.guarded else []
+    ours = rf"{re.escape(ckpt_name)}_(?:\d+|best|final)\.pth|log\.csv"
+    stale = stale_temps(ckpt_dir, ours) if lock.guarded else []
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:

@@ -245,7 +245,7 @@ def test_a_full_disk_at_a_checkpoint_ends_in_one_line_keeping_the_last_one(pack,
 
 
 def test_startup_removes_only_this_runs_stale_temp_files(pack, tmp_path):
-    ours = [".dsrnet_x2_4.pth.abcd1234.tmp", ".log.csv.abcd1234.tmp"]
+    ours = [".dsrnet_x2_4.pth.abcd1234.tmp", ".dsrnet_x2_best.pth.abcd1234.tmp", ".log.csv.abcd1234.tmp"]
     others = [".other_4.pth.abcd1234.tmp", ".dsrnet_x2_best_4.pth.abcd1234.tmp", "notes.tmp"]
     for name in ours + others:
         (tmp_path / name).write_bytes(b"x" * 1000)
