@@ -14,6 +14,9 @@ with --resume ends bit-identical to an uninterrupted one, whatever --num_workers
 size, and above 1 without torchrun it is refused with the command to use (the authors' DataParallel
 would split the batch-wide gate per replica). --batch_size stays the global batch.
 
+One run at a time owns --ckpt_dir, through a lock that dies with its process: a second run there stops
+at startup with one line naming the first one's pid and host.
+
 Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits with 128 + the signal
 (130 / 143), so a job script can tell an interrupted run from a finished one (exit 0). A second
 signal aborts at once. A non-finite loss stops the run (exit 2) before anything is written for it.
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import re
 import signal
 from pathlib import Path
@@ -85,7 +87,7 @@ def _seed(text: str) -> int:
 
 def _ckpt_name(text: str) -> str:
     """A plain file-name prefix: with a folder (or a glob wildcard) in it, --resume would not find the checkpoints."""
-    if not text or text in (".", "..") or any(c in text for c in ("/", "\\", os.sep, "*", "?", "[")):
+    if not text or text in (".", "..") or any(c in text for c in "/\\*?["):
         raise argparse.ArgumentTypeError(f"{text!r} is not a plain file name: put folders in --ckpt_dir and give "
                                          "--ckpt_name a name without / \\ * ? [, such as dsrnet_x2")
     return text
