@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import pickle
 import re
 import uuid
+import zipfile
 from pathlib import Path
 
 import torch
@@ -153,15 +155,16 @@ def copy_matching_tensors(net: Net, path: Path) -> str:
 def _recorded(path: Path) -> dict:
     """What a checkpoint file records (memory-mapped: nothing is read but what is asked), or {} if unreadable."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # an unreadable file is simply not one of this run's
-        return {}
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+        return {}  # an unreadable file is simply not one of this run's
+    return ckpt if isinstance(ckpt, dict) else {}
 
 
-def _lineage(path: Path) -> str | None:
-    """The run lineage a checkpoint file records (full or weights-only), if any."""
+def _step_and_lineage(path: Path) -> tuple[int, str | None]:
+    """The step and run lineage a checkpoint file records (full or weights-only); (0, None) if it records none."""
     ckpt = _recorded(path)
-    return (ckpt.get("train_state") or {}).get("lineage") or ckpt.get("lineage")
+    return int(ckpt.get("step", 0)), (ckpt.get("train_state") or {}).get("lineage") or ckpt.get("lineage")
 
 
 class RunCheckpoints:
@@ -218,20 +221,23 @@ class RunCheckpoints:
         if path.resolve().parent == self.folder.resolve():
             self.written = [n for n in state.get("written", [])
                             if (s := checkpoint_step(Path(n), self.name)) is not None and s <= step]
-        later = [p for p in self.folder.glob(f"{self.name}_*.pth")
-                 if (s := checkpoint_step(p, self.name)) is not None and s > step]
-        later += [p for p in (self.best_path, self.final_path) if p.is_file() and _recorded(p).get("step", 0) > step]
-        later = [p for p in later if _lineage(p) == self.lineage]
+        files = [p for p in self.folder.glob(f"{self.name}_*.pth") if (checkpoint_step(p, self.name) or 0) > step]
+        files += [p for p in (self.best_path, self.final_path) if p.is_file()]
+        recorded = {p: _step_and_lineage(p) for p in files}
+        later = [p for p, (at, lineage) in recorded.items() if at > step and lineage == self.lineage]
         if later:
-            aside = self.folder / f"abandoned_after_step_{step}"
-            n = 1
-            while aside.exists():
-                n += 1
-                aside = self.folder / f"abandoned_after_step_{step}_{n}"
-            aside.mkdir()
-            for p in later:
-                p.replace(aside / p.name)
-            print_rank0(f"note: resuming at step {step} set aside {len(later)} later file(s) of {self.name} "
-                        f"(a future this resume abandons) in {aside}; log rows after step {step} are dropped")
-        if self.best_path.is_file():
+            self.set_aside(later, step)
+        if self.best_path in recorded and self.best_path not in later and recorded[self.best_path][1] == self.lineage:
             self.best_psnr = _recorded(self.best_path).get("mean_psnr")
+
+    def set_aside(self, files: list[Path], step: int) -> None:
+        """Move ``files`` into a new ``abandoned_after_step_{step}`` folder beside them, saying so."""
+        aside, n = self.folder / f"abandoned_after_step_{step}", 1
+        while aside.exists():
+            n += 1
+            aside = self.folder / f"abandoned_after_step_{step}_{n}"
+        aside.mkdir()
+        for p in files:
+            p.replace(aside / p.name)
+        print_rank0(f"note: resuming at step {step} set aside {len(files)} later file(s) of {self.name} "
+                    f"(a future this resume abandons) in {aside}; log rows after step {step} are dropped")
