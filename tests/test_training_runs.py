@@ -6,6 +6,7 @@ Tiny HDF5 packs (three 40x40 images), 8-pixel patches and a handful of steps, on
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
 import subprocess
@@ -90,7 +91,7 @@ def assert_same_state(a: Path, b: Path) -> None:
 
 def train(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "x2" / "train.py"), *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=300)
+                          capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_help_shows_every_default_and_no_measured_figures():
@@ -114,13 +115,11 @@ def test_checkpoint_every_is_print_interval():
 # ------------------------------------------------------------------ resume = the same command, plus --resume
 
 def test_resume_by_rerunning_the_command_is_bit_exact(pack, tmp_path):
-    """Straight to 6 in A; B holds A's step-2 checkpoint alone. `--ckpt_dir B --resume` finds the run's name,
-    data and recipe in the checkpoint (--max_steps/--print_interval overridden, named in one line) and
-    ends where A was at step 4; `--resume A/run_4.pth` alone re-runs A's steps 5-6 bit-exactly."""
+    """Straight to 6 in A; B holds A's step-2 checkpoint alone. `x2/train.py --ckpt_dir B --resume` finds the
+    run's name, data and recipe in the checkpoint (--max_steps/--print_interval overridden, named in one
+    line) and ends where A was at step 4; `--resume A/run_4.pth` alone re-runs A's steps 5-6 bit-exactly."""
     a, b = tmp_path / "a", tmp_path / "b"
-    straight = train("--train_data_path", str(pack), "--ckpt_dir", str(a), "--ckpt_name", "run", *TINY,
-                     "--max_steps", "6", "--seed", "3", "--lr", "3e-4")
-    assert straight.returncode == 0, straight.stderr
+    make(pack, a, "--ckpt_name", "run", "--max_steps", "6", "--seed", "3", "--lr", "3e-4").fit()
     b.mkdir()
     shutil.copy(a / "run_2.pth", b / "run_2.pth")
     with_overrides = train("--ckpt_dir", str(b), "--resume", "--max_steps", "4", "--print_interval", "1")
@@ -130,9 +129,9 @@ def test_resume_by_rerunning_the_command_is_bit_exact(pack, tmp_path):
     assert names(b) == ["log.csv", "run_2.pth", "run_3.pth", "run_4.pth", "run_final.pth"]
     assert_same_state(a / "run_4.pth", b / "run_4.pth")
 
-    as_is = train("--resume", str(a / "run_4.pth"))
-    assert as_is.returncode == 0, as_is.stderr
-    assert "note: resuming" in as_is.stdout and "set aside 2 later file(s) of run" in as_is.stdout
+    as_is = parse_args(["--resume", str(a / "run_4.pth")])
+    assert (as_is.ckpt_dir, as_is.ckpt_name, as_is.max_steps, as_is.seed) == (str(a), "run", 6, 3)
+    Solver(as_is).fit()
     assert_same_state(a / "abandoned_after_step_4" / "run_6.pth", a / "run_6.pth")
     assert log_steps(a) == [2, 4, 6]
 
