@@ -31,6 +31,7 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[
 
 
 def _same(a: object, b: object) -> bool:
+    """Equal values; paths spelled differently (relative, absolute) count as the same."""
     if isinstance(a, str) and isinstance(b, str):
         return os.path.abspath(a) == os.path.abspath(b)
     return a == b
