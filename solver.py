@@ -242,7 +242,7 @@ def naming_the_kept_checkpoint(checkpoints: RunCheckpoints) -> Iterator[None]:
         yield
     except InputError as err:
         last = checkpoints.folder / checkpoints.written[-1] if checkpoints.written else None
-        kept = (f"{last} is intact: free space, then continue from it with the same command plus --resume" if last
+        kept = (f"{last} is intact: continue from it with the same command plus --resume" if last
                 else f"this run has no earlier checkpoint in {checkpoints.folder}")
         raise InputError(f"{err}; {kept}") from None
 
