@@ -349,3 +349,25 @@ def test_cli_learned_only_flag_error_is_one_line(tiny_h5, tmp_path):
                          cwd=ROOT, timeout=120)
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and run.stderr.startswith("error: --gate_penalty")
+
+
+# ------------------------------------------------------------------------------------ the ablation table
+
+def test_ablation_table_reads_reports_and_logs(tmp_path, capsys):
+    from tools import gate_ablation_table
+
+    for seed, psnr in ((0, 30.0), (1, 30.5)):
+        rows = [{"dataset": s, "psnr": psnr, "ssim": 0.9, "branches": {"selected": 3, "fixed": 2},
+                 "gflops_per_image": 12.34} for s in gate_ablation_table.SETS]
+        (tmp_path / "eval").mkdir(exist_ok=True)
+        (tmp_path / "eval" / f"scratch_learned_s{seed}_learned.json").write_text(
+            json.dumps({"results": rows, "settings": {"gate_mode": "learned"}}))
+        (tmp_path / f"scratch_learned_s{seed}").mkdir()
+        (tmp_path / f"scratch_learned_s{seed}" / "log.csv").write_text("step,loss,fixed_share\n10,0.5,0.25\n")
+    gate_ablation_table.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| scratch_learned_s1 | learned | 30.5000 / 0.9000 |" in out
+    assert "| 3/2, 3/2, 3/2 | 12.3, 12.3, 12.3 | 0.5 | 0.25 |" in out
+    assert "| scratch_learned | learned | 2 | 30.2500 (0.5000) |" in out
+    with pytest.raises(InputError, match="no reports"):
+        gate_ablation_table.main([str(tmp_path / "empty")])
