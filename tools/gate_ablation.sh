@@ -6,14 +6,17 @@
 #   tools/gate_ablation.sh OUT train-ft | train-scratch | eval-ft | eval-scratch | eval-base
 #
 # Run from the repository root; everything is written under OUT (checkpoints, log.csv, reports, logs).
-# FT_STEPS / SCRATCH_STEPS (environment) set the run lengths; SHARED points at the reference material.
+# FT_STEPS / SCRATCH_STEPS (environment) set the run lengths, FT_SEEDS / SCRATCH_SEEDS the seeds (a fine-tuning
+# run of seed 0 is named ft_<gate>, of seed k ft_<gate>_s<k>); SHARED points at the reference material.
 set -euo pipefail
 OUT=${1:?usage: tools/gate_ablation.sh OUT STAGE}
 STAGE=${2:?usage: tools/gate_ablation.sh OUT STAGE}
 PY=${PY:-python}
 SHARED=${SHARED:-../shared}
-FT_STEPS=${FT_STEPS:-60}
-SCRATCH_STEPS=${SCRATCH_STEPS:-100}
+FT_STEPS=${FT_STEPS:-200}
+SCRATCH_STEPS=${SCRATCH_STEPS:-240}
+FT_SEEDS=${FT_SEEDS:-0}
+SCRATCH_SEEDS=${SCRATCH_SEEDS:-0 1}
 DATA=$OUT/photos80_x2.h5
 WEIGHTS=$SHARED/weights/DSRNet_x2_600000.pth
 BENCH=$SHARED/data/benchmark
@@ -34,28 +37,36 @@ evaluate() {  # NAME CHECKPOINT GATE
       --bf16 --no_save --quiet --workers 1 --report "$OUT/eval/$1_$3.json"
 }
 
+ft_name() {  # RECIPE SEED
+  if [ "$2" = 0 ]; then echo "$1"; else echo "$1_s$2"; fi
+}
+
 case $STAGE in
   train-ft)
-    ft=(--init_from "$WEIGHTS" --lr 1e-4 --decay "$FT_STEPS" --max_steps "$FT_STEPS" --print_interval "$FT_STEPS" --seed 0)
-    train ft_selected "${ft[@]}" --gate selected
-    train ft_sample "${ft[@]}" --gate sample
-    train ft_learned "${ft[@]}" --gate learned --gate_lr_mult 100
-    train ft_learned_penalty "${ft[@]}" --gate learned --gate_lr_mult 100 --gate_penalty $PENALTY ;;
+    ft=(--init_from "$WEIGHTS" --lr 1e-4 --decay "$FT_STEPS" --max_steps "$FT_STEPS" --print_interval "$FT_STEPS")
+    for seed in $FT_SEEDS; do
+      train "$(ft_name ft_selected $seed)" "${ft[@]}" --seed $seed --gate selected
+      train "$(ft_name ft_sample $seed)" "${ft[@]}" --seed $seed --gate sample
+      train "$(ft_name ft_learned $seed)" "${ft[@]}" --seed $seed --gate learned --gate_lr_mult 100
+      train "$(ft_name ft_learned_penalty $seed)" "${ft[@]}" --seed $seed --gate learned --gate_lr_mult 100 \
+          --gate_penalty $PENALTY
+    done ;;
   train-scratch)
     sc=(--lr 1e-3 --decay $((SCRATCH_STEPS / 2)) --max_steps "$SCRATCH_STEPS" --print_interval "$SCRATCH_STEPS")
-    for seed in 0 1; do
+    for seed in $SCRATCH_SEEDS; do
       train scratch_selected_s$seed "${sc[@]}" --seed $seed --gate selected
       train scratch_learned_s$seed "${sc[@]}" --seed $seed --gate learned --gate_lr_mult 10
     done ;;
   eval-ft)
-    evaluate ft_selected "$OUT/ft_selected/ft_selected_$FT_STEPS.pth" selected
-    for run in ft_sample:sample ft_learned:learned ft_learned_penalty:learned; do
-      name=${run%%:*}; gate=${run#*:}
-      evaluate "$name" "$OUT/$name/${name}_$FT_STEPS.pth" "$gate"
-      evaluate "$name" "$OUT/$name/${name}_$FT_STEPS.pth" selected
+    for seed in $FT_SEEDS; do
+      for run in ft_selected:selected ft_sample:sample ft_learned:learned ft_learned_penalty:learned; do
+        name=$(ft_name "${run%%:*}" $seed); gate=${run#*:}
+        evaluate "$name" "$OUT/$name/${name}_$FT_STEPS.pth" "$gate"
+        [ "$gate" = selected ] || evaluate "$name" "$OUT/$name/${name}_$FT_STEPS.pth" selected
+      done
     done ;;
   eval-scratch)
-    for seed in 0 1; do
+    for seed in $SCRATCH_SEEDS; do
       evaluate scratch_selected_s$seed "$OUT/scratch_selected_s$seed/scratch_selected_s${seed}_$SCRATCH_STEPS.pth" selected
       for gate in learned selected; do
         evaluate scratch_learned_s$seed "$OUT/scratch_learned_s$seed/scratch_learned_s${seed}_$SCRATCH_STEPS.pth" $gate

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -56,11 +57,11 @@ def scores_table(reports: dict[tuple[str, str], dict[str, dict]], out: Path) -> 
 
 
 def seed_table(reports: dict[tuple[str, str], dict[str, dict]]) -> str:
-    """Mean and spread (max - min) over the seeds of each from-scratch recipe and evaluation gate."""
+    """Mean and spread (max - min) over the seeds of each recipe and evaluation gate (a run named without
+    ``_s<seed>`` is seed 0 of its recipe)."""
     groups: dict[tuple[str, str], list[dict[str, dict]]] = {}
     for (run, gate), rows in reports.items():
-        if run.startswith("scratch_") and "_s" in run:
-            groups.setdefault((run.rsplit("_s", 1)[0], gate), []).append(rows)
+        groups.setdefault((re.sub(r"_s\d+$", "", run), gate), []).append(rows)
     lines = ["| recipe | eval gate | seeds | " + " | ".join(f"{s} PSNR mean (spread)" for s in SETS) + " |",
              "|---|---|---|" + "---|" * len(SETS)]
     for (recipe, gate), runs in groups.items():
