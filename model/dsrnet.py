@@ -40,7 +40,6 @@ SCALES = (2, 3, 4)
 #             straight-through gradient (the gate learns); in eval mode the noise-free argmax per image,
 #             running only the branch each image chose.
 GATE_MODES = ("selected", "fixed", "sample", "argmax", "learned")
-BRANCHES = ("selected", "fixed")  # index = the gate logit that votes for it
 
 
 def _relu_conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
