@@ -45,11 +45,10 @@ if __name__ == "__main__":  # run as a script, maybe from dataset/: make the rep
 
 import h5py
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dataset.imresize import imresize, modcrop
-from dataset.io import atomic_path, images_in, read_image
+from dataset.io import atomic_path, image_size, images_in, read_image
 from dsrnet.errors import InputError, run_cli
 
 __all__ = ["pack_div2k", "pack_hr_folder", "main"]
@@ -72,15 +71,6 @@ def _check_scales(scales: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(int(s) for s in scales))
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header only: size checks up front cost no decoding."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"cannot read image {path} ({err}); replace or remove the file") from None
-
-
 def _div2k_pairs(dataset_dir: Path, dataset_type: str,
                  scales: Sequence[int]) -> list[tuple[Path, dict[int, Path]]]:
     """HR paths in sorted order (the authors' order), each with its LR path per scale.
@@ -98,7 +88,7 @@ def _div2k_pairs(dataset_dir: Path, dataset_type: str,
     hrs = images_in(hr_dir, "*.png")
     if not hrs:
         raise InputError(f"no .png images in {hr_dir}: unpack DIV2K_{dataset_type}_HR.zip there")
-    hr_sizes = {hr: _image_size(hr) for hr in hrs}
+    hr_sizes = {hr: image_size(hr) for hr in hrs}
     lr_paths: list[dict[int, Path]] = [{} for _ in hrs]
     for s in scales:
         lr_dir = dataset_dir / f"DIV2K_{dataset_type}_LR_bicubic" / f"X{s}"
@@ -115,7 +105,7 @@ def _div2k_pairs(dataset_dir: Path, dataset_type: str,
             if not lr.is_file():
                 raise InputError(f"HR image {hr} has no x{s} partner: {lr} is missing; "
                                  "add it or remove the HR image")
-            (hw, hh), (lw, lh) = hr_sizes[hr], _image_size(lr)
+            (hw, hh), (lw, lh) = hr_sizes[hr], image_size(lr)
             if (hw // s, hh // s) != (lw, lh):
                 raise InputError(f"{lr} is {lw}x{lh} but its HR {hr} is {hw}x{hh}: an x{s} LR "
                                  f"should be {hw // s}x{hh // s}; replace the mismatched file")
@@ -214,7 +204,7 @@ def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
         raise InputError(f"no images in {hr_dir}: point --hr_dir at a folder of HR images")
     side = math.lcm(*scales)
     for p in paths:
-        w, h = _image_size(p)
+        w, h = image_size(p)
         if min(w, h) < side:
             raise InputError(f"{p} is {w}x{h}, smaller than {side} (a multiple of every scale "
                              f"in {' '.join(map(str, scales))}): remove it")

@@ -37,6 +37,15 @@ class Planes:
     gray: bool                 # the file holds one colour channel (1, L, LA, I;16*, I, F)
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file header only: checks up front cost no decoding."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"cannot read image {path} ({err}); replace or remove the file") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as an RGB uint8 HxWx3 array (grayscale is replicated, as the authors do; alpha is dropped)."""
     return read_planes(path).rgb
@@ -148,21 +157,44 @@ def _temp_beside(path: Path) -> Path:
 
 
 def _unwritable(path: Path, err: OSError) -> InputError:
-    return InputError(f"cannot write {path} ({err.strerror or err}): choose a writable location")
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "free some space or choose another location" if full else "choose a writable location"
+    return InputError(f"cannot write {path} ({err.strerror or err}): {fix}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`); a full disk is one line, not a traceback."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as err:
+            raise _unwritable(Path(path), err) from None
+
+
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def _format(path: Path) -> str:
+    return _FORMATS.get(path.suffix.lower(), "PNG")
+
+
+def check_savable(path: str | os.PathLike, channels: int) -> None:
+    """Refuse, before the work, an image kind the file's format cannot hold (alpha in a JPEG, gray+alpha in a BMP)."""
+    path = Path(path)
+    try:
+        Image.new(_MODES[channels], (1, 1)).save(io.BytesIO(), format=_format(path))
+    except (OSError, KeyError, ValueError):
+        raise InputError(f"{path.suffix} files cannot hold {_MODES[channels]} images (the input's kind): "
+                         f"name a .png file instead of {path}") from None
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Save a uint8 HxWx3 (or HxW) array atomically; the format follows the extension."""
+    """Save a uint8 HxW (L), HxWx2 (LA), HxWx3 (RGB) or HxWx4 (RGBA) array atomically; the format follows the
+    extension."""
     path = Path(path)
     buf = io.BytesIO()
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
-           ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+    fmt = _format(path)
     options = {"compress_level": 1} if fmt == "PNG" else {}  # fast PNG: SR dumps are large
     Image.fromarray(np.ascontiguousarray(img)).save(buf, format=fmt, **options)
     atomic_write_bytes(path, buf.getvalue())
