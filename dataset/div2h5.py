@@ -50,6 +50,7 @@ from tqdm import tqdm
 from dataset.imresize import imresize, modcrop
 from dataset.io import atomic_path, image_size, images_in, read_image
 from dsrnet.errors import InputError, run_cli
+from model import SCALES
 
 __all__ = ["pack_div2k", "pack_hr_folder", "main"]
 
@@ -182,7 +183,7 @@ def _write_h5(output: Path, scales: Sequence[int], items: Sequence, load: Callab
 
 
 def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, dataset_type: str = "train",
-               scales: Iterable[int] = (2, 3, 4), workers: int = 1,
+               scales: Iterable[int] = SCALES, workers: int = 1,
                compression: str | None = None) -> int:
     """Pack DIV2K's HR and official bicubic LR images; returns the number of images."""
     scales = _check_scales(scales)
@@ -192,7 +193,7 @@ def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, datase
 
 
 def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
-                   scales: Iterable[int] = (2, 3, 4), workers: int = 1,
+                   scales: Iterable[int] = SCALES, workers: int = 1,
                    compression: str | None = None) -> int:
     """Pack a folder of HR images, making each LR with MATLAB-style bicubic; returns the count."""
     scales = _check_scales(scales)
@@ -226,7 +227,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="pack this folder of HR images instead, making LR with MATLAB-style bicubic")
     parser.add_argument("--output", default=None,
                         help="output file (default: DIV2K_{type}.h5, or HR_DIR_NAME.h5 with --hr_dir)")
-    parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--scales", type=int, nargs="+", default=list(SCALES))
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="images decoded in parallel (default: CPU cores, at most 8)")
     parser.add_argument("--compression", default="none", choices=("none", "gzip", "lzf"),

@@ -25,10 +25,11 @@ import torch
 from torch.utils.data import Dataset
 
 from dsrnet.errors import InputError
+from model import SCALES
 
 __all__ = ["TrainDataset", "MULTI_SCALES"]
 
-MULTI_SCALES = (2, 3, 4)  # scale=0 trains all of these at once, as the authors do
+MULTI_SCALES = SCALES  # scale=0 trains all of these at once, as the authors do (solver.py imports this name)
 
 # Tags that keep the permutation and crop random streams apart: SeedSequence zero-pads
 # its entropy, so [seed, epoch] and [seed, epoch, 0] would otherwise be the same stream.
