@@ -41,6 +41,8 @@ def tf32_supported(device: torch.device) -> bool:
 
 # Training runs NHWC on every device: oneDNN and cuDNN run it natively, forward and backward.
 TRAINING_MEMORY_FORMAT = torch.channels_last
+# Training's --amp values; evaluation's --bf16 is "bf16".
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def precision_name(bf16: bool, tf32: bool) -> str:
@@ -189,7 +191,7 @@ def super_resolve(net: torch.nn.Module, lr: np.ndarray, scale: int, tile: int | 
     x = image_to_tensor(lr, device, memory_format_of(net))
 
     def run(inp: torch.Tensor) -> torch.Tensor:
-        with autocast(device.type, torch.bfloat16 if bf16 else None):
+        with autocast(device.type, AMP_DTYPES["bf16"] if bf16 else None):
             sr = forward_tiled(net, inp, scale, tile, tile_overlap) if tile else net(inp, scale)
         return sr.float()
 
