@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_training.md)")
     cfg = p.parse_args(argv)
     if cfg.scale not in SCALES:
-        raise InputError(f"--scale must be one of {', '.join(map(str, SCALES))}, got {cfg.scale}")
+        raise InputError(f"--scale must be {', '.join(map(str, SCALES[:-1]))} or {SCALES[-1]}, got {cfg.scale}")
     require_at_least(cfg, batch_size=1, patch_size=1, steps=1, warmup=1, num_workers=0)
     if cfg.report:
         ensure_writable(cfg.report)
