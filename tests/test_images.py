@@ -6,11 +6,13 @@ import warnings
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
+from dataset.div2h5 import pack_hr_folder
 from dataset.imresize import imresize
 from dataset.io import atomic_write_bytes, read_image, read_planes, write_image
 from dataset.layouts import find_test_set, load_pair
@@ -134,3 +136,11 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"out\.png \(No space left on device\): free some space"):
         atomic_write_bytes(tmp_path / "out.png", b"x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_div2h5_packs_16bit_photos_scaled(tmp_path):
+    (tmp_path / "hr").mkdir()
+    Image.fromarray(WIDE).save(tmp_path / "hr" / "a.png")
+    pack_hr_folder(tmp_path / "hr", tmp_path / "p.h5", scales=(2,))
+    with h5py.File(tmp_path / "p.h5") as f:
+        np.testing.assert_array_equal(f["HR"]["0"][()][..., 0], im2uint8(WIDE))
