@@ -133,7 +133,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Path, "write_bytes", full)
-    with pytest.raises(InputError, match=r"out\.png \(No space left on device\): free some space"):
+    with pytest.raises(InputError, match=r"out\.png: the disk is full \(No space left on device\)"):
         atomic_write_bytes(tmp_path / "out.png", b"x")
     assert list(tmp_path.iterdir()) == []
 
