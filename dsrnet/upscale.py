@@ -56,9 +56,9 @@ def plan_outputs(inputs: list[Path], source: Path, output: str | None, scales: l
                              "pass a folder as --output")
         plan = [(inputs[0], scales[0], Path(output))]
     else:
-        folder = Path(output) if output is not None else None
+        folder, names = Path(output) if output is not None else None, output_names(inputs)
         plan = [(p, s, (folder or default_dir / source.stem / f"x{s}") / f"{name}_x{s}_SR.png")
-                for s in scales for p, name in zip(inputs, output_names(inputs))]
+                for s in scales for p, name in zip(inputs, names)]
     sources = {p.resolve(): p for p in inputs}
     for _, _, dst in plan:
         if dst.resolve() in sources:
