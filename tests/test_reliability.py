@@ -6,6 +6,7 @@ CLI behaviour is checked through real processes (``x2/train.py``, ``demo.py``) o
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -267,3 +268,13 @@ def test_a_full_disk_anywhere_else_is_one_line(capsys):
     assert len(err.strip().splitlines()) == 1 and "--resume" in err
     with pytest.raises(PermissionError):  # any other OSError is not disguised
         run_cli(lambda: fail(errno.EACCES))
+
+
+def test_a_folder_that_cannot_be_locked_is_trained_in_with_a_note(pack, tmp_path, monkeypatch, capsys):
+    def no_locks(*_args) -> None:  # some network file systems
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    solver = Solver(parse_args(["--train_data_path", str(pack), "--ckpt_dir", str(tmp_path), *TINY,
+                                "--max_steps", "1", "--num_workers", "0"]))
+    assert not solver.lock.guarded and "cannot be locked on this system" in capsys.readouterr().out
+    solver.lock.release()
