@@ -237,7 +237,8 @@ def test_a_full_disk_at_a_checkpoint_ends_in_one_line_keeping_the_last_one(pack,
     ckpt_dir = tmp_path / "ck"
     proc = subprocess.Popen([sys.executable, str(driver), str(TRAIN), "--train_data_path", str(pack), "--ckpt_dir",
                              str(ckpt_dir), *TINY, "--max_steps", "6", "--print_interval", "2", "--num_workers", "0"],
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     err = one_error_line(proc)
     assert "the disk is full" in err and f"{ckpt_dir / 'dsrnet_x2_2.pth'} is intact" in err and "--resume" in err
     assert sorted(p.name for p in ckpt_dir.glob("*.pth")) == ["dsrnet_x2_2.pth"]
