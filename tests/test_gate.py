@@ -286,14 +286,14 @@ def small_set(tmp_path_factory, benchmark_dir):
     """Three Set5 images, cropped small, in the EDSR layout."""
     root = tmp_path_factory.mktemp("gate_sets") / "Mini"
     for name in ("img_001", "img_002", "img_003"):
-        hr = read_image(benchmark_dir / "Set5" / "image_SRF_2" / f"{name}_SRF_2_HR.png")[:64, :80]
-        lr = read_image(benchmark_dir / "Set5" / "image_SRF_2" / f"{name}_SRF_2_LR.png")[:32, :40]
+        hr = read_image(benchmark_dir / "Set5" / "image_SRF_2" / f"{name}_SRF_2_HR.png")[:128, :160]
+        lr = read_image(benchmark_dir / "Set5" / "image_SRF_2" / f"{name}_SRF_2_LR.png")[:64, :80]
         write_image(root / "HR" / f"{name}.png", hr)
         write_image(root / "LR_bicubic" / "X2" / f"{name}x2.png", lr)
     return root
 
 
-@pytest.mark.parametrize(("gate", "extra"), [("learned", []), ("learned", ["--tile", "24", "--tile_overlap", "8"]),
+@pytest.mark.parametrize(("gate", "extra"), [("learned", []), ("learned", ["--tile", "52", "--tile_overlap", "18"]),
                                            ("sample", ["--self_ensemble"])])
 def test_report_branches_add_up_to_the_images(weights_x2, small_set, tmp_path, gate, extra):
     report = tmp_path / "r.json"
@@ -309,7 +309,7 @@ def test_report_branches_add_up_to_the_images(weights_x2, small_set, tmp_path, g
     taken = {b: sum(r["branch"] == b for r in images) for b in dsr["branches"]}
     assert taken == dsr["branches"]
     passes = 8 if extra == ["--self_ensemble"] else 1
-    expected = [flops_per_lr_pixel(2, r["branch"]) * 32 * 40 * passes / 1e9 for r in images if r["branch"] != "mixed"]
+    expected = [flops_per_lr_pixel(2, r["branch"]) * 64 * 80 * passes / 1e9 for r in images if r["branch"] != "mixed"]
     assert [float(r["gflops"]) for r in images if r["branch"] != "mixed"] == pytest.approx(expected, rel=1e-3)
     assert "DSRNet" in report.with_suffix(".md").read_text().splitlines()[0].split("|")[-2]  # the GFLOPs column
 
