@@ -223,9 +223,7 @@ def test_default_inference_path_matches_eager(weights_x2, authors_sd):
     eager = reference_forward(authors_sd, x.contiguous(), use_fixed=False)[0]
     assert (fast - eager).abs().max().item() <= 1e-4
     tiled = super_resolve(net, lr, 2, tile=24, tile_overlap=8)  # overlap < receptive radius: close, not equal
-    assert (tiled - eager).abs().max().item() < 0.05
-    exact_tiles = super_resolve(net, lr, 2, tile=60, tile_overlap=24)
-    assert (exact_tiles - eager).abs().max().item() <= 1e-4
+    assert 1e-4 < (tiled - eager).abs().max().item() < 0.05  # exact tiling: tests/test_inference.py
 
 
 def test_memory_layouts_compute_the_same(weights_x2):
