@@ -25,10 +25,11 @@ import sample
 import solver as solver_module
 from dataset.imresize import imresize
 from dataset.io import write_image
+from dataset.train_data import StepSampler
 from dsrnet.errors import InputError
+from dsrnet.rng import capture_rng_states, restore_rng_states
 from model import load_checkpoint, read_checkpoint
 from model.inference import bf16_supported
-from dataset.train_data import StepSampler
 from solver import Solver, get_lr, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,11 +227,11 @@ def test_rng_states_round_trip_exactly_through_a_checkpoint_file(tmp_path):
     _scramble_every_rng(7)
     np.random.standard_normal()  # leaves a cached Gaussian in numpy's legacy state
     random.gauss(0, 1)  # and in python's
-    torch.save({"rng": solver_module.rng_states()}, tmp_path / "rng.pth")
+    torch.save({"rng": capture_rng_states()}, tmp_path / "rng.pth")
     gate = torch.Generator().manual_seed(3)
     expected = _draw_every_rng(gate)
     _scramble_every_rng()
-    solver_module.set_rng_states(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    restore_rng_states(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
     assert _draw_every_rng(gate.manual_seed(3)) == expected
 
 
