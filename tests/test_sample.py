@@ -163,12 +163,13 @@ def test_cli_errors(weights_x2, small_set, tmp_path):
 
 
 def test_no_test_sets_found(tmp_path):
-    """Without --test_data_dir, sample.py looks under its own dataset/benchmark/: a copy of it where that is
-    absent (the library still imported from this checkout) must say so rather than report nothing."""
-    shutil.copy(ROOT / "sample.py", tmp_path / "sample.py")
+    """Without --test_data_dir, sample.py looks under the checkout's dataset/benchmark/: a copy of the code
+    where that is absent must say so rather than report nothing."""
+    for path in [ROOT / "sample.py", *(p for pkg in ("dataset", "dsrnet", "model") for p in (ROOT / pkg).rglob("*.py"))]:
+        (tmp_path / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / path.relative_to(ROOT))
     proc = subprocess.run([sys.executable, str(tmp_path / "sample.py"), "--bicubic", "--scale", "2", "--no_save"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
     _one_line_error(proc, "no test sets: pass --test_data_dir")
 
 
