@@ -262,7 +262,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_143(data, tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 143, err[-2000:]
-    [saved] = ck.glob("dsrnet_x2_*.pth")
+    [saved] = [p for p in ck.glob("dsrnet_x2_*.pth") if p.stem.rsplit("_", 1)[1].isdigit()]
     step = read_checkpoint(saved)["step"]
     assert step >= 1 and f"stopped by SIGTERM at step {step}" in out + err
 
