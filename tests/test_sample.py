@@ -76,7 +76,7 @@ def test_deterministic_default(weights_x2, small_set, tmp_path, monkeypatch):
 def test_quantisation_end_to_end(weights_x2, small_set, tmp_path):
     """Saved SR images and scores are the float output truncated (the authors' ``.byte()``) by default and
     with --quantize truncate, rounded with --quantize round, and the two differ on these images."""
-    device = sample.pick_device(False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # sample.py's default device
     net = load_checkpoint(weights_x2, device=device)
     lr, hr = read_image(small_set / "LR_bicubic" / "X2" / "img_001x2.png"), read_image(small_set / "HR" / "img_001.png")
     with tf32(False):
