@@ -68,7 +68,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("resume skips the global torch RNG", "dsrnet/rng.py",
              '    torch.set_rng_state(states["torch"])\n', "", ("tests/test_solver.py",), select="resume or rng"),
     Mutation("resume skips the numpy RNG", "dsrnet/rng.py",
-             "    np.random.set_state((", "    (", ("tests/test_solver.py",), select="resume or rng"),
+             "    np.random.set_state((", "    _ = ((", ("tests/test_solver.py",), select="resume or rng"),
     Mutation("resume skips the python RNG", "dsrnet/rng.py",
              "    random.setstate((version, tuple(state), gauss_next))", "    pass",
              ("tests/test_solver.py",), select="resume or rng"),
