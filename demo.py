@@ -33,7 +33,8 @@ from dataset.io import atomic_write_bytes, write_image
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
 from dsrnet.provenance import environment, git_description
-from model import read_checkpoint
+from dsrnet.rng import MAX_SEED
+from model import read_checkpoint, scale_name
 from solver import Solver
 from solver import parse_args as solver_args
 from tools import visualize
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.seed < 0 or cfg.num_workers < 0:
         raise InputError(f"--seed ({cfg.seed}) and --num_workers ({cfg.num_workers}) must be >= 0")
+    if cfg.seed > MAX_SEED:
+        raise InputError(f"--seed {cfg.seed} is above {MAX_SEED}, the largest seed numpy takes: pass a smaller one")
     cfg.crop = budget["crop"]
     cfg.argv = sys.argv[1:] if argv is None else list(argv)
     return cfg
@@ -231,8 +234,11 @@ def main(argv: list[str] | None = None) -> Path:
     authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else DEFAULT_AUTHORS
     if cfg.authors_ckpt and not authors.is_file():
         raise InputError(f"--authors_ckpt {authors}: no such file")
-    if authors.is_file():
-        read_checkpoint(authors)  # a damaged file fails now, not after training
+    if authors.is_file():  # a damaged file or another scale fails now, not after training
+        held = read_checkpoint(authors)["scale"]
+        if held != SCALE:
+            raise InputError(f"--authors_ckpt {authors} holds a {scale_name(held)} model; the demo compares x{SCALE} "
+                             f"models: pass x{SCALE} weights, e.g. the authors' DSRNet_x2_600000.pth")
     check_out_folder(out)
     for name in OWNED:
         path = out / name
