@@ -5,7 +5,7 @@ from tools.mutate import Mutation, apply_and_run, table
 def test_outcomes_and_the_file_put_back(tmp_path):
     (tmp_path / "mod.py").write_text("VALUE = 1  # one\n")
     (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "test_mod.py").write_text("from mod import VALUE\n\n\ndef test_value():\n    assert VALUE == 1\n")
+    (tmp_path / "tests" / "test_mod.py").write_text("from mod import VALUE\n\n\ndef test():\n    assert VALUE == 1\n")
     tests = ("tests/test_mod.py", "tests/test_absent.py")
     cases = {
         "caught": Mutation("value", "mod.py", "VALUE = 1", "VALUE = 2", tests),

@@ -165,7 +165,8 @@ def test_cli_errors(weights_x2, small_set, tmp_path):
 def test_no_test_sets_found(tmp_path):
     """Without --test_data_dir, sample.py looks under the checkout's dataset/benchmark/: a copy of the code
     where that is absent must say so rather than report nothing."""
-    for path in [ROOT / "sample.py", *(p for pkg in ("dataset", "dsrnet", "model") for p in (ROOT / pkg).rglob("*.py"))]:
+    code = [ROOT / "sample.py", *(f for pkg in ("dataset", "dsrnet", "model") for f in (ROOT / pkg).rglob("*.py"))]
+    for path in code:
         (tmp_path / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, tmp_path / path.relative_to(ROOT))
     proc = subprocess.run([sys.executable, str(tmp_path / "sample.py"), "--bicubic", "--scale", "2", "--no_save"],
