@@ -32,6 +32,7 @@ from dataset.div2h5 import pack_hr_folder
 from dataset.io import atomic_write_bytes, write_image
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
+from dsrnet import AUTHORS_WEIGHTS
 from dsrnet.provenance import environment, git_description
 from dsrnet.rng import MAX_SEED
 from model import read_checkpoint, scale_name
@@ -41,7 +42,6 @@ from tools import visualize
 
 ROOT = Path(__file__).resolve().parent
 
-DEFAULT_AUTHORS = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
 SCALE = 2
 CKPT_NAME = "dsrnet_x2_demo"
 # Held-out photos: classic test pictures, never trained on.
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (0: patches cut in-process)")
     p.add_argument("--quick", action="store_true",
                    help=f"reduced budget for tests: photos cropped to {QUICK['crop']} px, {QUICK['steps']} steps")
-    p.add_argument("--authors_ckpt", help=f"the authors' x2 weights to add as a row (default {DEFAULT_AUTHORS} "
+    p.add_argument("--authors_ckpt", help=f"the authors' x2 weights to add as a row (default {AUTHORS_WEIGHTS} "
                    "when it exists)")
     cfg = p.parse_args(argv)
     budget = QUICK if cfg.quick else FULL
@@ -231,7 +231,7 @@ def check_out_folder(out: Path) -> None:
 def main(argv: list[str] | None = None) -> Path:
     cfg = parse_args(argv)
     out = Path(cfg.out).resolve()
-    authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else DEFAULT_AUTHORS
+    authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else AUTHORS_WEIGHTS
     if cfg.authors_ckpt and not authors.is_file():
         raise InputError(f"--authors_ckpt {authors}: no such file")
     if authors.is_file():  # a damaged file or another scale fails now, not after training

@@ -224,6 +224,8 @@ def claim_folder(ckpt_dir: Path, ckpt_name: str, rank: int) -> RunLock:
     weights or log.csv being written at a kill -9: up to ~12 MB each) go: only under the lock, and only
     this name's, as another live run may be writing its own."""
     lock = RunLock(ckpt_dir, take=rank == 0)
+    if rank == 0 and not lock.guarded:
+        print_rank0(f"note: {ckpt_dir} cannot be locked on this system: nothing stops a second run there")
     ours = rf"{re.escape(ckpt_name)}_(?:\d+|best|final)\.pth|log\.csv"
     stale = stale_temps(ckpt_dir, ours) if lock.guarded else []
     for path in stale:

@@ -71,8 +71,6 @@ def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int |
     SR images are written as PNG under ``save_dir`` when given, with a per-image CSV beside them.
     """
     shave = test_set.scale if shave is None else shave
-    if shave < 0 or workers < 0:
-        raise InputError(f"--shave ({shave}) and --workers ({workers}) must be >= 0")
     start = time.perf_counter()
     bar = _progress(len(test_set.pairs), f"{method} {test_set.name} x{test_set.scale}", progress)
     try:

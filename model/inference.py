@@ -1,4 +1,7 @@
-"""Running a DSRNet on whole images: tensor conversion, overlapping tiles, x8 self-ensemble, bf16."""
+"""Running a DSRNet on whole images: tensor conversion, overlapping tiles, x8 self-ensemble, and the one home
+of the precision/layout choices (TF32, bf16, autocast, channels_last per device) that evaluation, training,
+the mean shift and the provenance record all follow.
+"""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -34,6 +37,32 @@ def cpu_flags_have_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 def tf32_supported(device: torch.device) -> bool:
     """TF32 exists on Ampere and newer NVIDIA GPUs only; elsewhere ``--tf32`` would change nothing."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+# Training runs NHWC on every device: oneDNN and cuDNN run it natively, forward and backward.
+TRAINING_MEMORY_FORMAT = torch.channels_last
+# Training's --amp values; evaluation's --bf16 is "bf16".
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_name(bf16: bool, tf32: bool) -> str:
+    """The precision a run asks for, as :func:`fast_memory_format` names it (bf16 wins over TF32)."""
+    return "bf16" if bf16 else "tf32" if tf32 else "fp32"
+
+
+def autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` (bf16 or fp16) on ``device_type``; ``None`` runs float32."""
+    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``; the mean shift then stays float32 (bf16 would round the image)."""
+    return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
+
+
+def tf32_enabled() -> bool:
+    """Whether cuDNN may run float32 convolutions in TF32 now (recorded with every result)."""
+    return torch.backends.cudnn.allow_tf32
 
 
 def set_tf32(enabled: bool) -> None:
@@ -91,6 +120,16 @@ def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu",
     return t.permute(2, 0, 1).unsqueeze(0).float().div_(255).contiguous(memory_format=memory_format)
 
 
+# LR pixels of context a tile needs for its SR to equal whole-image SR, at every scale. Every conv is 3x3 (reach 1):
+# 16 on the longest LR path (conv1-conv4, conv5-conv6, conv7 and conv8 three times -- neither gated branch is
+# deeper -- and conv11-conv16), the upsampler's first conv, and 1 for the convs after the first PixelShuffle
+# (the second x4 stage and conv17): at a pixel's edge they reach into the next LR pixel, never further
+# (1/2 + 1/4 < 1). tests/test_tiling.py checks it against the network by perturbation at x2, x3 and x4.
+RECEPTIVE_RADIUS = 16 + 1 + 1
+# Below this core (tile minus twice the overlap), tiles spend over 10x the work of whole-image SR on context.
+MIN_TILE_CORE = 16
+
+
 def _window_starts(length: int, window: int, overlap: int) -> list[int]:
     if window >= length:
         return [0]
@@ -109,9 +148,8 @@ def forward_tiled(net: torch.nn.Module, x: torch.Tensor, scale: int, tile: int, 
                   batch: int = 4) -> torch.Tensor:
     """SR of a 1x3xHxW tensor from overlapping ``tile``-sized LR windows, run ``batch`` at a time.
 
-    With ``overlap`` >= DSRNet's receptive radius (19 LR pixels: conv1-conv16 on the longest path, the
-    upsampler conv and conv17) the result equals whole-image inference up to float
-    rounding (in the deterministic gate modes; the sampled gate sees one tile at a time).
+    With ``overlap`` >= :data:`RECEPTIVE_RADIUS` the result equals whole-image inference up to float rounding
+    (in the deterministic gate modes; the sampled gate sees one tile at a time); below it, it does not.
     """
     _, _, h, w = x.shape
     if tile <= 2 * overlap:
@@ -153,7 +191,7 @@ def super_resolve(net: torch.nn.Module, lr: np.ndarray, scale: int, tile: int | 
     x = image_to_tensor(lr, device, memory_format_of(net))
 
     def run(inp: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device.type, AMP_DTYPES["bf16"] if bf16 else None):
             sr = forward_tiled(net, inp, scale, tile, tile_overlap) if tile else net(inp, scale)
         return sr.float()
 
