@@ -14,12 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import Net
-from model.inference import super_resolve
+from model.inference import RECEPTIVE_RADIUS, super_resolve
 
-# Tiles whose overlap reaches this many LR pixels give whole-image results: 17 LR-grid 3x3 convolutions on
-# the longest path (conv1-conv16 with conv8 applied three times, plus the upsampler's first conv), and one
-# more pixel for the convolutions on the upscaled grid (a x4 upsampler's second conv, conv17).
-RECEPTIVE_RADIUS = 18
 EXACT = 1e-5  # float32: windows and the whole image run different conv kernels, so not bit-equal
 
 
@@ -55,33 +51,40 @@ def tiled(net: Net, lr: np.ndarray, scale: int, tile: int, overlap: int) -> tupl
         hook.remove()
 
 
-@pytest.mark.parametrize("held, scale, width, batches", [
-    (2, 2, 41, [4, 2]), (3, 3, 39, [4]), (4, 4, 39, [4]), (0, 2, 39, [4]), (0, 3, 39, [4]), (0, 4, 39, [4]),
+R = RECEPTIVE_RADIUS  # 18: the sizes below are written around it
+TILE = 2 * R + 2  # the smallest window with room for both overlaps and a step of 2
+
+
+@pytest.mark.parametrize("held, scale, extra, batches", [
+    (2, 2, 2, [4, 2]), (3, 3, 0, [4]), (4, 4, 0, [4]), (0, 2, 0, [4]), (0, 3, 0, [4]), (0, 4, 0, [4]),
 ], ids=["x2", "x3", "x4", "multi-x2", "multi-x3", "multi-x4"])
-def test_tiles_in_both_axes_equal_the_whole_image(nets, held, scale, width, batches):
-    """Tile 38 with overlap 18 on a 39-row image: windows start at rows 0 and 1, and at columns 0, 1 (39 wide)
-    or 0, 2, 3 (41 wide: the last window shifted to end on the border; 6 windows, run as 4 + 2)."""
-    net, lr = nets[held], _image(39, width, seed=scale)
+def test_tiles_in_both_axes_equal_the_whole_image(nets, held, scale, extra, batches):
+    """Windows of 38 with overlap 18 on an odd-sized image one pixel taller than a window: two windows down
+    (rows 0, 1), and two across (39 wide) or three (41 wide: columns 0, 2 and 3, the last one shifted to end on
+    the border; 6 windows, run as 4 + 2)."""
+    h, w = TILE + 1, TILE + 1 + extra
+    net, lr = nets[held], _image(h, w, seed=scale)
     whole = super_resolve(net, lr, scale)
-    out, seen = tiled(net, lr, scale, 38, RECEPTIVE_RADIUS)
-    assert seen == [(n, 3, 38, 38) for n in batches]
-    assert out.shape == whole.shape == (3, 39 * scale, width * scale)
+    out, seen = tiled(net, lr, scale, TILE, R)
+    assert seen == [(n, 3, TILE, TILE) for n in batches]
+    assert out.shape == whole.shape == (3, h * scale, w * scale)
     assert (out - whole).abs().max().item() <= EXACT
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_receptive_radius_from_both_sides(nets, scale):
-    """On a 35x38 image with two windows across: overlap = radius gives the whole-image result, one pixel
-    less does not."""
-    net, lr = nets[scale], _image(35, 38, seed=10 + scale)
+    """Two windows across, one down: overlap = radius gives the whole-image result, one pixel less does not."""
+    h, w = 2 * R - 1, 2 * R + 2
+    net, lr = nets[scale], _image(h, w, seed=10 + scale)
     whole = super_resolve(net, lr, scale)
     errors = {}
-    for overlap, tile in ((RECEPTIVE_RADIUS, 37), (RECEPTIVE_RADIUS - 1, 36)):
+    for overlap in (R, R - 1):
+        tile = 2 * overlap + (1 if overlap == R else 2)
         out, seen = tiled(net, lr, scale, tile, overlap)
         errors[overlap] = (out - whole).abs().max().item()
-        assert seen == [(2, 3, 35, tile)]
-    assert errors[RECEPTIVE_RADIUS] <= EXACT
-    assert errors[RECEPTIVE_RADIUS - 1] > EXACT, errors  # ~5e-5 here: the far pixel still counts
+        assert seen == [(2, 3, h, tile)]
+    assert errors[R] <= EXACT
+    assert errors[R - 1] > EXACT, errors  # ~5e-5 here: the far pixel still counts
 
 
 # ------------------------------------------------------------------------------------------ self-ensemble

@@ -60,10 +60,10 @@ MUTATIONS: tuple[Mutation, ...] = (
              "x = x.flip(flips) if flips else x\n        return x.transpose(2, 3) if k & 4 else x",
              INFERENCE_TESTS),
     Mutation("sample.py rounds instead of truncating", "sample.py",
-             "return to_uint8(sr, cfg.quantize)", 'return to_uint8(sr, "round")',
+             "else to_uint8(sr, cfg.quantize)", 'else to_uint8(sr, "round")',
              ("tests/test_sample.py",)),
     Mutation("sample.py truncates when asked to round", "sample.py",
-             "return to_uint8(sr, cfg.quantize)", 'return to_uint8(sr, "truncate")',
+             "else to_uint8(sr, cfg.quantize)", 'else to_uint8(sr, "truncate")',
              ("tests/test_sample.py",)),
     Mutation("resume skips the global torch RNG", "dsrnet/rng.py",
              '    torch.set_rng_state(states["torch"])\n', "", ("tests/test_solver.py",), select="resume or rng"),
@@ -87,7 +87,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("scale inferred from the last upsampler stage's width only", "model/dsrnet.py",
              "return r ** len(stage_channels)", "return r", ("tests/test_model.py",)),
     Mutation("sample.py --cuda silently runs on CPU", "sample.py",
-             "    if require_cuda:\n", "    if False:\n", ("tests/test_sample.py",)),
+             '    if cfg.cuda and not torch.cuda.is_available():\n        raise InputError("--cuda was given but no '
+             'CUDA device is available; drop --cuda to run on CPU")\n    return pick_device(cfg.device or '
+             '("cuda" if cfg.cuda else None))', "    return pick_device(cfg.device)", ("tests/test_sample.py",)),
     Mutation("sample.py accepts an unknown --model", "sample.py",
              'if cfg.model != "dsrnet":', "if False:", ("tests/test_sample.py",)),
     Mutation("sample.py without test sets exits 0", "sample.py",
