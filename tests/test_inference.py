@@ -56,8 +56,8 @@ TILE = 2 * R + 2  # the smallest window with room for both overlaps and a step o
 
 
 @pytest.mark.parametrize("held, scale, extra, batches", [
-    (2, 2, 2, [4, 2]), (3, 3, 0, [4]), (4, 4, 0, [4]), (0, 2, 0, [4]), (0, 3, 0, [4]), (0, 4, 0, [4]),
-], ids=["x2", "x3", "x4", "multi-x2", "multi-x3", "multi-x4"])
+    (2, 2, 2, [4, 2]), (3, 3, 0, [4]), (4, 4, 0, [4]), (0, 3, 0, [4]),
+], ids=["x2", "x3", "x4", "multi-scale-x3"])
 def test_tiles_in_both_axes_equal_the_whole_image(nets, held, scale, extra, batches):
     """Windows of 38 with overlap 18 on an odd-sized image one pixel taller than a window: two windows down
     (rows 0, 1), and two across (39 wide) or three (41 wide: columns 0, 2 and 3, the last one shifted to end on
