@@ -10,6 +10,9 @@
 4. evaluate the final checkpoint (and the authors' weights, when found) against bicubic with sample.py;
 5. write OUT/results.md, OUT/comparison.png and OUT/curves.png.
 
+OUT (default results/demo) is ignored by git, so a run leaves `git status` clean; the example kept in git,
+docs/figures/demo/, is a copy of results.md, comparison.png and curves.png from the command in its "Reproduce".
+
 The learning rate is 1e-3, not the paper's 1e-4: a few minutes of training is far too short for 1e-4
 (on Set5 it is still ~3 dB below bicubic after 400 steps, where 1e-3 passes bicubic after ~300). Here,
 on the held-out photos, 1e-3 is level with bicubic at step 300 and +0.8 dB above it at step 500;
@@ -33,7 +36,7 @@ from dataset.io import atomic_write_bytes, write_image
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
 from dsrnet.provenance import environment, git_description
-from model import read_checkpoint
+from model import read_checkpoint, scale_name
 from solver import Solver
 from solver import parse_args as solver_args
 from tools import visualize
@@ -231,8 +234,11 @@ def main(argv: list[str] | None = None) -> Path:
     authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else DEFAULT_AUTHORS
     if cfg.authors_ckpt and not authors.is_file():
         raise InputError(f"--authors_ckpt {authors}: no such file")
-    if authors.is_file():
-        read_checkpoint(authors)  # a damaged file fails now, not after training
+    if authors.is_file():  # a damaged or wrong-scale file fails now, not after training
+        held = read_checkpoint(authors)["scale"]
+        if held not in (0, SCALE):
+            raise InputError(f"--authors_ckpt {authors} holds a {scale_name(held)} model; the demo is x{SCALE}: "
+                             f"pass the authors' x{SCALE} file")
     check_out_folder(out)
     for name in OWNED:
         path = out / name
