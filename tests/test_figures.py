@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from model import Net
+from tools import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +81,45 @@ def test_demo_refuses_wrong_scale_authors_weights_at_startup(tmp_path):
     assert proc.stderr.startswith("error: --authors_ckpt") and "x4" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_best_box_prefers_texture_among_large_gains():
+    """A dark flat patch with the largest gain loses to a textured one with a large gain: there it shows."""
+    rng = np.random.default_rng(0)
+    hr = np.full((96, 96, 3), 128.0)
+    hr[0:24, 0:24] = 20  # dark and smooth
+    hr[48:72, 48:72] = rng.integers(40, 220, (24, 24, 3))  # texture
+    noise = rng.normal(0, 4, hr.shape)
+    base, better = hr + noise, hr + noise
+    for y, x, gain in ((0, 0, 8), (48, 48, 4)):  # ~18 dB on the dark patch, ~12 dB on the texture
+        patch = rng.normal(0, 12, (24, 24, 3))
+        base[y:y + 24, x:x + 24] = hr[y:y + 24, x:x + 24] + patch
+        better[y:y + 24, x:x + 24] = hr[y:y + 24, x:x + 24] + patch / gain
+    as_uint8 = [np.clip(a, 0, 255).round().astype(np.uint8) for a in (hr, base, better)]
+    assert visualize.best_box(*as_uint8) == (48, 48, 24, 24)
+
+
+def _rows(dataset: str) -> list:
+    return [visualize._Row(0, dataset, 2, method, f"img_{i:03d}", psnr + i, 0.9)
+            for i in (1, 2, 3) for method, psnr in (("Bicubic", 30.0), ("DSRNet", 31.0))]
+
+
+@pytest.mark.parametrize("dataset, image, shown", [
+    ("Set5", "img_003", "butterfly"), ("Set5", "img_001", "baby"), ("Set14", "img_014", "zebra"),
+    ("set14", "img_011", "monarch"), ("Set5", "img_006", "img_006"), ("BSD100", "img_003", "img_003"),
+    ("Photos", "coffee", "coffee"),
+])
+def test_benchmark_images_show_their_names(dataset, image, shown):
+    assert visualize.display_name(dataset, image) == shown
+
+
+def test_image_by_name_and_captions_on_scored_panels():
+    assert visualize._pick_image(_rows("Set5"), "butterfly", None, None) == ("Set5", 2, "img_003")
+    assert visualize._pick_image(_rows("Set5"), "img_002", None, None) == ("Set5", 2, "img_002")
+    hr = np.random.default_rng(0).integers(0, 255, (40, 48, 3)).astype(np.uint8)
+    panels = [visualize.Panel("Bicubic", hr, 30.12, 0.9), visualize.Panel("DSRNet", hr, 31.5, 0.95)]
+    fig = visualize.comparison_plot(visualize.Comparison("Set5", 2, "img_003", 2, hr, panels), box=(4, 4, 16, 16))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("butterfly (Set5 img_003, x2)")
+    assert titles[1].startswith("HR") and "PSNR" not in titles[1]
+    assert "PSNR/SSIM 30.12 dB / 0.9000" in titles[2] and "PSNR/SSIM 31.50 dB / 0.9500" in titles[3]

@@ -34,6 +34,12 @@ from dsrnet.metrics import rgb_to_y
 ROOT = Path(__file__).resolve().parents[1]
 
 BICUBIC = "Bicubic"
+# The SelfExSR benchmark files are numbered; these are the pictures' usual names, in file order (checked by eye).
+IMAGE_NAMES = {
+    "set5": ("baby", "bird", "butterfly", "head", "woman"),
+    "set14": ("baboon", "barbara", "bridge", "coastguard", "comic", "face", "flowers", "foreman", "lenna", "man",
+              "monarch", "pepper", "ppt3", "zebra"),
+}
 CROP_INCHES = 2.3      # displayed width of one zoomed crop
 MIN_CROP_PIXELS = 320  # crops are enlarged (nearest neighbour) to at least this many pixels across
 
@@ -58,6 +64,21 @@ class Comparison:
     shave: int
     hr: np.ndarray
     panels: list[Panel]
+
+
+def display_name(dataset: str, image: str) -> str:
+    """The picture's usual name for a numbered benchmark file (Set5 img_003 -> butterfly), else ``image``."""
+    names = IMAGE_NAMES.get(dataset.lower(), ())
+    stem = image.removeprefix("img_")
+    if stem.isdigit() and 1 <= int(stem) <= len(names) and image == f"img_{int(stem):03d}":
+        return names[int(stem) - 1]
+    return image
+
+
+def _file_name(dataset: str, image: str) -> str:
+    """The inverse of :func:`display_name`, so ``--image butterfly`` finds Set5's img_003."""
+    names = IMAGE_NAMES.get(dataset.lower(), ())
+    return f"img_{names.index(image) + 1:03d}" if image in names else image
 
 
 # --------------------------------------------------------------------------- reading reports
@@ -111,7 +132,7 @@ def _pick_image(rows: list[_Row], image: str | None, dataset: str | None,
     """(dataset, scale, image) matching the filters; by default the one with the largest gain over bicubic."""
     keys = list(dict.fromkeys((r.dataset, r.scale, r.image) for r in rows))
     chosen = [k for k in keys if (dataset is None or k[0] == dataset) and (scale is None or k[1] == scale)
-              and (image is None or k[2] == image)]
+              and (image is None or k[2] == _file_name(k[0], image))]
     if not chosen:
         wanted = ", ".join(f"{n} {v}" for n, v in (("--image", image), ("--dataset", dataset), ("--scale", scale))
                            if v is not None)
@@ -198,11 +219,14 @@ def _window_means(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return (c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]) / (h * w)
 
 
-def best_box(hr: np.ndarray, base: np.ndarray, better: np.ndarray, shave: int = 0) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the quarter-side region where ``better`` gains most local PSNR (on Y) over ``base``.
+def best_box(hr: np.ndarray, base: np.ndarray, better: np.ndarray, shave: int = 0,
+             gain_share: float = 0.5) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of a quarter-side region where ``better`` visibly gains over ``base`` (local PSNR on Y).
 
-    Only regions where ``base`` errs at least as much as on average compete: in flat areas both are
-    near-perfect and a large PSNR ratio would show nothing to the eye.
+    Regions compete where ``base`` errs at least as much as on average (in flat areas both are near-perfect)
+    and the gain in dB is at least ``gain_share`` of the best region's; among those the one with the most
+    texture (mean HR gradient magnitude) wins, because a gain on texture is what the eye can see, while the
+    largest gain alone often sits on a dark, smooth patch.
     """
     inner = (slice(shave, hr.shape[0] - shave or None), slice(shave, hr.shape[1] - shave or None))
     y_hr = rgb_to_y(hr)[inner]
@@ -212,8 +236,12 @@ def best_box(hr: np.ndarray, base: np.ndarray, better: np.ndarray, shave: int = 
     h, w = min(H, max(8, H // 4)), min(W, max(8, W // 4))
     mse_base = _window_means((rgb_to_y(base)[inner] - y_hr) ** 2, h, w)
     mse_better = _window_means((rgb_to_y(better)[inner] - y_hr) ** 2, h, w)
-    gain = np.where(mse_base >= mse_base.mean(), (mse_base + 1e-6) / (mse_better + 1e-6), 0.0)
-    y, x = np.unravel_index(np.argmax(gain), gain.shape)
+    gain = np.where(mse_base >= mse_base.mean(), 10 * np.log10((mse_base + 1e-6) / (mse_better + 1e-6)), -np.inf)
+    score = gain
+    if gain.max() > 0 and min(H, W) > 1:  # np.gradient needs two pixels a side
+        texture = _window_means(np.hypot(*np.gradient(y_hr)), h, w)
+        score = np.where(gain >= gain_share * gain.max(), texture, -np.inf)
+    y, x = np.unravel_index(np.argmax(score), score.shape)
     return int(x) + shave, int(y) + shave, w, h
 
 
@@ -249,6 +277,11 @@ def comparison_figure(cmp: Comparison, out: str | Path, box: Sequence[int] | Non
 
     The default box is :func:`best_box` of the first non-bicubic method against Bicubic.
     """
+    return _save(comparison_plot(cmp, box, title), out)
+
+
+def comparison_plot(cmp: Comparison, box: Sequence[int] | None = None, title: str | None = None) -> Figure:
+    """The figure :func:`comparison_figure` saves; each scored panel's title carries its PSNR / SSIM."""
     if box is None:
         others = [p for p in cmp.panels if p.label != BICUBIC]
         base = next((p for p in cmp.panels if p.label == BICUBIC), None)
@@ -258,8 +291,8 @@ def comparison_figure(cmp: Comparison, out: str | Path, box: Sequence[int] | Non
         box = best_box(cmp.hr, base.image, others[0].image, cmp.shave)
     box = _check_box(box, cmp.hr.shape)
     x, y, w, h = box
-    crops = [("HR", _zoom(cmp.hr, box), "PSNR (dB) / SSIM")]
-    crops += [(p.label, _zoom(p.image, box), f"{p.psnr:.2f} / {p.ssim:.4f}") for p in cmp.panels]
+    crops = [("HR", _zoom(cmp.hr, box), "(ground truth)")]
+    crops += [(p.label, _zoom(p.image, box), f"PSNR/SSIM {p.psnr:.2f} dB / {p.ssim:.4f}") for p in cmp.panels]
     rows = 1 if len(crops) <= 3 else 2
     cols = math.ceil(len(crops) / rows)
     crop_h = CROP_INCHES * h / w + 0.55  # + two title lines
@@ -270,7 +303,9 @@ def comparison_figure(cmp: Comparison, out: str | Path, box: Sequence[int] | Non
     ax = fig.add_subplot(grid[:, 0])
     ax.imshow(cmp.hr, interpolation="antialiased")
     ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="red", linewidth=1.8))
-    ax.set_title(f"{cmp.name} ({cmp.dataset}, x{cmp.scale})\nbox x={x} y={y} {w}x{h}", fontsize=10)
+    name = display_name(cmp.dataset, cmp.name)
+    where = f"{cmp.dataset} {cmp.name}" if name != cmp.name else cmp.dataset
+    ax.set_title(f"{name} ({where}, x{cmp.scale})\nbox x={x} y={y} {w}x{h}", fontsize=10)
     ax.set_axis_off()
     for i, (label, crop, scores) in enumerate(crops):
         ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
@@ -279,7 +314,7 @@ def comparison_figure(cmp: Comparison, out: str | Path, box: Sequence[int] | Non
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or f"Visual comparison, x{cmp.scale} (PSNR/SSIM on Y of the whole image)", fontsize=11)
-    return _save(fig, out)
+    return fig
 
 
 def _read_log(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
