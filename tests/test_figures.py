@@ -2,6 +2,7 @@
 the comparison crop and captions, curves with a bicubic line and several runs, the gate's branches figure."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+import sample
+from dsrnet.errors import InputError
 from model import Net
 from tools import visualize
 
@@ -123,3 +126,120 @@ def test_image_by_name_and_captions_on_scored_panels():
     assert titles[0].startswith("butterfly (Set5 img_003, x2)")
     assert titles[1].startswith("HR") and "PSNR" not in titles[1]
     assert "PSNR/SSIM 30.12 dB / 0.9000" in titles[2] and "PSNR/SSIM 31.50 dB / 0.9500" in titles[3]
+
+
+# --------------------------------------------------------------------------- curves and branches
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """A two-image validation set named Photos (LR made by the MATLAB-style bicubic, cached in a temp folder)."""
+    from skimage import data
+
+    from dataset.io import write_image
+
+    root = tmp_path_factory.mktemp("valid")
+    write_image(root / "Photos" / "astronaut.png", data.astronaut()[40:136, 160:288])
+    write_image(root / "Photos" / "coffee.png", data.coffee()[100:196, 200:328])
+    return root / "Photos"
+
+
+@pytest.fixture()
+def figures(monkeypatch) -> list:
+    """The matplotlib figures the CLI would have saved, kept for inspection (and still written)."""
+    kept: list = []
+    save = visualize._save
+    monkeypatch.setattr(visualize, "_save", lambda fig, out: kept.append(fig) or save(fig, out))
+    return kept
+
+
+def _log(folder: Path, psnr: float) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["step,loss,lr,samples_per_s,Photos_x2_psnr,Photos_x2_ssim"]
+    rows += [f"{s},{0.01 / s},{1e-3},40.0," + (f"{psnr + s / 100},0.9" if s % 20 == 0 else ",") for s in range(10, 90, 10)]
+    (folder / "log.csv").write_text("\n".join(rows) + "\n")
+    return folder / "log.csv"
+
+
+def _legend(fig, panel: int) -> list[str]:
+    return [t.get_text() for t in fig.axes[panel].get_legend().get_texts()]
+
+
+def test_curves_draw_bicubic_on_the_validation_set_the_checkpoint_records(tmp_path, photos, figures, monkeypatch):
+    monkeypatch.setenv("DSRNET_CACHE", str(tmp_path / "cache"))
+    log = _log(tmp_path / "run", 20.0)
+    torch.save({"model": Net(scale=2).state_dict(), "config": {"valid_data_dir": [str(photos)], "shave": None}},
+               tmp_path / "run" / "run_80.pth")
+    bicubic = visualize.bicubic_references([log])
+    sample_report = tmp_path / "bic.json"
+    sample.main(["--bicubic", "--scale", "2", "--test_data_dir", str(photos), "--no_save", "--report",
+                 str(sample_report), "--quiet"])
+    expected = json.loads(sample_report.read_text())["results"][0]["psnr"]
+    assert bicubic == {"Photos x2 bicubic": pytest.approx(expected, abs=1e-9)}
+    visualize.main(["curves", "--log", str(log)])
+    assert f"Photos x2 bicubic {expected:.2f}" in _legend(figures[-1], 1)  # axes: loss, psnr, lr twin
+    visualize.main(["curves", "--log", str(log), "--no_bicubic", "--out", str(tmp_path / "plain.png")])
+    assert not any("bicubic" in t for t in _legend(figures[-1], 1))
+
+
+def test_curves_of_several_runs_side_by_side(tmp_path, photos, figures, monkeypatch, capsys):
+    monkeypatch.setenv("DSRNET_CACHE", str(tmp_path / "cache"))
+    logs = [str(_log(tmp_path / name, psnr)) for name, psnr in (("a", 20.0), ("b", 22.0))]
+    with pytest.raises(InputError, match="1 labels for 2 logs: pass one --label per --log"):
+        visualize.main(["curves", "--log", *logs, "--label", "only"])
+    out = visualize.main(["curves", "--log", *logs, "--label", "static", "learned", "--valid_data_dir", str(photos),
+                          "--out", str(tmp_path / "both.png")])
+    assert out.is_file()
+    legend = _legend(figures[-1], 1)
+    assert legend[:2] == ["static Photos_x2", "learned Photos_x2"] and legend[2].startswith("Photos x2 bicubic")
+    assert [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()][:2] == ["static loss", "learned loss"]
+    visualize.main(["curves", "--log", *logs, "--no_bicubic", "--out", str(tmp_path / "names.png")])
+    assert _legend(figures[-1], 1) == ["a Photos_x2", "b Photos_x2"]  # default labels: the runs' folders
+    visualize.main(["curves", "--log", logs[0], "--out", str(tmp_path / "none.png")])  # no checkpoint: a note
+    assert "no bicubic line for Photos_x2_psnr" in capsys.readouterr().err
+
+
+def _routed_report(tmp_path: Path, photos: Path, header: str, rows: list[str]) -> Path:
+    """A sample.py-style report (saved without images) whose per-image CSV is ``header`` + ``rows``."""
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"settings": {"sr_dir": None, "test_data_dirs": [str(photos)]}, "results": []}))
+    (tmp_path / "r_per_image.csv").write_text("\n".join([header, *rows]) + "\n")
+    return report
+
+
+def test_branches_groups_images_by_the_branch_they_took(tmp_path, photos, figures, monkeypatch):
+    monkeypatch.setenv("DSRNET_CACHE", str(tmp_path / "cache"))
+    header = "dataset,scale,method,image,psnr,ssim,seconds,branch,gflops"
+    report = _routed_report(tmp_path, photos, header, [
+        "Photos,2,Bicubic,astronaut,30.1,0.9,0.1,,", "Photos,2,Bicubic,coffee,31.2,0.9,0.1,,",
+        "Photos,2,DSRNet,astronaut,32.5,0.95,0.2,fixed,3.1", "Photos,2,DSRNet,coffee,33.5,0.95,0.2,selected,2.4"])
+    out = visualize.main(["branches", "--report", str(report)])
+    assert out == tmp_path / "r_branches.png" and out.stat().st_size > 10_000
+    titles = [ax.get_title(loc="left") for ax in figures[-1].axes]
+    assert titles[1].startswith("selected: 1 image") and titles[2].startswith("fixed: 1 image")
+    texts = {t.get_text() for ax in figures[-1].axes for t in ax.texts}
+    assert {"coffee\n33.50 dB", "astronaut\n32.50 dB"} <= texts
+    routed = visualize.load_routing(report)
+    assert [(r.name, r.branch) for r in routed] == [("astronaut", "fixed"), ("coffee", "selected")]
+    assert all(r.texture > 0 and max(r.thumb.shape[:2]) <= visualize.THUMB for r in routed)
+
+
+@pytest.mark.parametrize("header, rows, message", [
+    ("dataset,scale,method,image,psnr,ssim,seconds", ["Photos,2,DSRNet,coffee,33.5,0.95,0.2"], "no branch column"),
+    ("dataset,scale,method,image,psnr,ssim,seconds,branch", ["Photos,2,Bicubic,coffee,30,0.9,0.1,"],
+     "no image with a branch"),
+    ("dataset,scale,method,image,psnr,ssim,seconds,branch", ["Photos,2,DSRNet,coffee,x,0.9,0.1,fixed"],
+     "not a sample.py per-image CSV"),
+])
+def test_branches_errors(tmp_path, photos, header, rows, message):
+    report = _routed_report(tmp_path, photos, header, rows)
+    with pytest.raises(InputError, match=message):
+        visualize.main(["branches", "--report", str(report)])
+    assert not (tmp_path / "r_branches.png").exists()
+
+
+def test_branches_of_an_older_report_is_one_line(tmp_path, photos):
+    report = _routed_report(tmp_path, photos, "dataset,scale,method,image,psnr,ssim,seconds",
+                            ["Photos,2,DSRNet,coffee,33.5,0.95,0.2"])
+    proc = _run(["-m", "tools.visualize", "branches", "--report", str(report)], ROOT)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "no branch column" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,22 +1,29 @@
-"""Figures from any run: paper-style visual comparisons (Figures 2-3) and training curves.
+"""Figures from any run: paper-style visual comparisons (Figures 2-3), training curves, the gate's routing.
 
     python -m tools.visualize compare --report results/x2.json                 # from `sample.py --bicubic --report`
-    python -m tools.visualize compare --report run.json --image img_005 --box 120 40 64 64 --out fig.png
+    python -m tools.visualize compare --report run.json --image butterfly --box 120 40 64 64 --out fig.png
     python -m tools.visualize compare --report demo.json authors.json --label demo authors
     python -m tools.visualize curves --log checkpoint/dsrnet_x2/log.csv
+    python -m tools.visualize curves --log runs/a/log.csv runs/b/log.csv --label selected learned
+    python -m tools.visualize branches --report results/learned.json
 
 `compare` reads only what `sample.py` left behind: the report JSON (which names the test-set folders and
 the SR image folder), its per-image CSV and the saved SR PNGs; the HR is read the way sample.py read it.
-Without --image it shows the image where the model gains most over bicubic, and without --box the
-quarter-side region where it gains most, so the figure shows something worth seeing.
+Without --image it shows the image where the model gains most over bicubic, and without --box a
+quarter-side region with a large gain and the most texture, so the figure shows something worth seeing.
+`curves` draws bicubic's PSNR on each validation set as a dashed line (the sets the run's checkpoint
+recorded, or --valid_data_dir). `branches` needs the per-image CSV's branch column (the gate's choice).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +33,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backe
 from matplotlib.patches import Rectangle
 
 from dataset.io import atomic_write_bytes, read_image
-from dataset.layouts import find_test_set, load_pair
+from dataset.layouts import TestSet, find_test_set, load_pair
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import method_sr_folder, per_image_csv_beside, sr_image_path
 from dsrnet.metrics import rgb_to_y
@@ -96,7 +103,8 @@ class _Row:
     ssim: float
 
 
-def _read_report(path: Path) -> dict:
+def _read_report(path: Path, images: bool = True) -> dict:
+    """The report's JSON, checked to name its test sets (and, when ``images``, its saved SR images)."""
     if not path.is_file():
         raise InputError(f"report {path} not found: write one with `python sample.py --bicubic --report {path}`")
     try:
@@ -107,7 +115,7 @@ def _read_report(path: Path) -> dict:
     if not isinstance(settings, dict) or "sr_dir" not in settings or "test_data_dirs" not in settings:
         raise InputError(f"report {path} does not say where its images are (written by an older sample.py?): "
                          "rerun sample.py --report to write a fresh one")
-    if settings["sr_dir"] is None:
+    if images and settings["sr_dir"] is None:
         raise InputError(f"report {path} comes from a run with --no_save, so there are no SR images to show: "
                          "rerun sample.py without --no_save")
     return doc
@@ -125,6 +133,12 @@ def _read_rows(report: Path, index: int) -> list[_Row]:
         reason = ascii(str(err))[1:-1][:80]  # the file's own bytes may be binary
         raise InputError(f"{path} is not a sample.py per-image CSV ({type(err).__name__}: {reason}); "
                          "rerun sample.py --report") from None
+
+
+def _check_labels(labels: Sequence[str] | None, items: Sequence[Path], flag: str) -> None:
+    if labels is not None and len(labels) != len(items):
+        raise InputError(f"{len(labels)} labels for {len(items)} {flag.removeprefix('--')}s: "
+                         f"pass one --label per {flag}")
 
 
 def _pick_image(rows: list[_Row], image: str | None, dataset: str | None,
@@ -161,11 +175,17 @@ def _label(row: _Row, rows: list[_Row], reports: list[dict], labels: Sequence[st
     return row.method
 
 
+@functools.lru_cache(maxsize=32)
+def _test_set(folder: str, scale: int) -> TestSet:
+    """find_test_set once per folder and scale, for figures that read many HR images."""
+    return find_test_set(folder, scale)
+
+
 def _read_hr(settings: dict, dataset: str, scale: int, name: str) -> np.ndarray:
     problems = []
     for folder in settings["test_data_dirs"]:
         try:  # a folder of another set may lack this scale: only the one named `dataset` matters
-            test_set = find_test_set(folder, scale)
+            test_set = _test_set(folder, scale)
         except InputError as err:
             problems.append(str(err))
             continue
@@ -184,8 +204,7 @@ def load_comparison(reports: Sequence[str | Path], image: str | None = None, dat
     labelled with ``labels[i]`` (one per report) or else its checkpoint's name; Bicubic appears once.
     """
     paths = [Path(r) for r in reports]
-    if labels is not None and len(labels) != len(paths):
-        raise InputError(f"{len(labels)} labels for {len(paths)} reports: pass one --label per --report")
+    _check_labels(labels, paths, "--report")
     docs = [_read_report(p) for p in paths]
     rows = [row for i, p in enumerate(paths) for row in _read_rows(p, i)]
     if not rows:
@@ -219,6 +238,11 @@ def _window_means(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return (c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]) / (h * w)
 
 
+def _gradient_magnitude(y: np.ndarray) -> np.ndarray:
+    """Per-pixel |gradient| of a luma image: how much texture (edges, detail) it holds."""
+    return np.hypot(*np.gradient(y.astype(np.float64)))
+
+
 def best_box(hr: np.ndarray, base: np.ndarray, better: np.ndarray, shave: int = 0,
              gain_share: float = 0.5) -> tuple[int, int, int, int]:
     """(x, y, w, h) of a quarter-side region where ``better`` visibly gains over ``base`` (local PSNR on Y).
@@ -239,7 +263,7 @@ def best_box(hr: np.ndarray, base: np.ndarray, better: np.ndarray, shave: int = 
     gain = np.where(mse_base >= mse_base.mean(), 10 * np.log10((mse_base + 1e-6) / (mse_better + 1e-6)), -np.inf)
     score = gain
     if gain.max() > 0 and min(H, W) > 1:  # np.gradient needs two pixels a side
-        texture = _window_means(np.hypot(*np.gradient(y_hr)), h, w)
+        texture = _window_means(_gradient_magnitude(y_hr), h, w)
         score = np.where(gain >= gain_share * gain.max(), texture, -np.inf)
     y, x = np.unravel_index(np.argmax(score), score.shape)
     return int(x) + shave, int(y) + shave, w, h
@@ -341,40 +365,243 @@ def _read_log(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     return cols, [k for k in fields if k.endswith("_psnr")]
 
 
-def training_curves(log: str | Path, out: str | Path, references: dict[str, float] | None = None,
-                    title: str | None = None) -> Path:
+@dataclass
+class _Run:
+    """One training log to draw: its label and columns."""
+
+    label: str
+    cols: dict[str, np.ndarray]
+    psnr_fields: list[str]
+
+
+def _run_label(log: Path, logs: Sequence[Path]) -> str:
+    """A log's default label: its folder (the run's CKPT_DIR), or the whole path when folders repeat."""
+    folders = [p.resolve().parent.name for p in logs]
+    return log.resolve().parent.name if folders.count(log.resolve().parent.name) == 1 else str(log)
+
+
+def _plot_loss(ax_loss, runs: list[_Run]) -> None:
+    """Loss (log scale) per run, with each run's learning rate dotted on a twin axis."""
+    ax_lr = ax_loss.twinx()
+    handles = []
+    for i, run in enumerate(runs):
+        color = f"C{i}" if len(runs) > 1 else "tab:blue"
+        line, = ax_loss.plot(run.cols["step"], run.cols["loss"], color=color, linewidth=1.2,
+                             label=f"{run.label} loss" if len(runs) > 1 else "loss")
+        lr, = ax_lr.plot(run.cols["step"], run.cols["lr"], color=color if len(runs) > 1 else "tab:orange",
+                         linestyle=":" if len(runs) > 1 else "-", drawstyle="steps-post", label="learning rate")
+        handles.append(line)
+    handles.append(lr if len(runs) == 1 else ax_lr.plot([], [], color="gray", linestyle=":",
+                                                        label="learning rate (dotted)")[0])
+    ax_loss.set_yscale("log")
+    ax_lr.set_yscale("log")
+    ax_loss.set(title="Training loss and learning rate", xlabel="step", ylabel="loss (mean since the previous row)")
+    ax_lr.set_ylabel("learning rate")
+    ax_loss.legend(handles=handles, fontsize=8, loc="upper right")
+
+
+def _plot_psnr(ax, runs: list[_Run], references: dict[str, float]) -> None:
+    """Every run's *_psnr columns (colour per set for one run, per run for several) and the reference lines."""
+    markers = "osD^vP*X"
+    fields = list(dict.fromkeys(f for run in runs for f in run.psnr_fields))
+    for i, run in enumerate(runs):
+        for field in run.psnr_fields:
+            ok = ~np.isnan(run.cols[field])
+            k = fields.index(field)
+            name = field.removesuffix("_psnr")
+            ax.plot(run.cols["step"][ok], run.cols[field][ok], marker=markers[k % len(markers)], markersize=4,
+                    color=f"C{i if len(runs) > 1 else k}", label=name if len(runs) == 1 else f"{run.label} {name}")
+    colors = iter(["tab:gray", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive"])
+    for label, value in references.items():
+        ax.axhline(value, linestyle="--", linewidth=1, color=next(colors, "black"), label=f"{label} {value:.2f}")
+    if fields or references:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no validation columns\n(train with --valid_data_dir)", ha="center", va="center",
+                transform=ax.transAxes, color="gray")
+    ax.set(title="Validation PSNR (Y)", xlabel="step", ylabel="PSNR (dB)")
+
+
+def training_curves(logs: str | Path | Sequence[str | Path], out: str | Path,
+                    references: dict[str, float] | None = None, title: str | None = None,
+                    labels: Sequence[str] | None = None) -> Path:
     """Loss (log scale) with the learning rate on a twin axis, and every ``*_psnr`` validation column.
 
-    ``references`` draws labelled horizontal lines on the PSNR panel (e.g. the bicubic baseline).
+    Several logs are overlaid, one colour per run, labelled with ``labels`` (default: each log's folder).
+    ``references`` draws labelled horizontal lines on the PSNR panel (e.g. bicubic on the validation set,
+    see :func:`bicubic_references`), so a run below the baseline shows at once.
     """
-    cols, psnr_fields = _read_log(Path(log))
-    step = cols["step"]
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    paths = [Path(logs)] if isinstance(logs, (str, Path)) else [Path(p) for p in logs]
+    _check_labels(labels, paths, "--log")
+    runs = [_Run(labels[i] if labels else _run_label(p, paths), *_read_log(p)) for i, p in enumerate(paths)]
+    fig = Figure(figsize=(11, 4) if len(runs) == 1 else (12, 4.6), layout="constrained")
     ax_loss, ax_psnr = fig.subplots(1, 2)
-    loss_line, = ax_loss.plot(step, cols["loss"], color="tab:blue", linewidth=1.2, label="loss")
-    ax_loss.set_yscale("log")
-    ax_loss.set(title="Training loss and learning rate", xlabel="step", ylabel="loss (mean since the previous row)")
-    ax_lr = ax_loss.twinx()
-    lr_line, = ax_lr.plot(step, cols["lr"], color="tab:orange", drawstyle="steps-post", label="learning rate")
-    ax_lr.set_yscale("log")
-    ax_lr.set_ylabel("learning rate")
-    ax_loss.legend(handles=[loss_line, lr_line], fontsize=8, loc="upper right")
-    for field in psnr_fields:
-        ok = ~np.isnan(cols[field])
-        ax_psnr.plot(step[ok], cols[field][ok], marker="o", markersize=4, label=field.removesuffix("_psnr"))
-    colors = iter(["tab:gray", "tab:red", "tab:green", "tab:purple"])
-    for label, value in (references or {}).items():
-        ax_psnr.axhline(value, linestyle="--", linewidth=1, color=next(colors, "black"), label=f"{label} {value:.2f}")
-    if psnr_fields or references:
-        ax_psnr.legend(fontsize=8, loc="lower right")
-    else:
-        ax_psnr.text(0.5, 0.5, "no validation columns\n(train with --valid_data_dir)", ha="center", va="center",
-                     transform=ax_psnr.transAxes, color="gray")
-    ax_psnr.set(title="Validation PSNR (Y)", xlabel="step", ylabel="PSNR (dB)")
+    _plot_loss(ax_loss, runs)
+    _plot_psnr(ax_psnr, runs, references or {})
     for ax in (ax_loss, ax_psnr):
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
+    return _save(fig, out)
+
+
+def _valid_dirs_of(log: Path) -> tuple[list[str], int | None]:
+    """--valid_data_dir and --shave as the run recorded them in the newest checkpoint beside its log.csv."""
+    # torch is imported only when a figure needs it
+    from model import CheckpointError, read_checkpoint
+
+    for ckpt in sorted(log.parent.glob("*.pth"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            config = read_checkpoint(ckpt).get("config") or {}
+        except CheckpointError:
+            continue
+        if config.get("valid_data_dir"):
+            return list(config["valid_data_dir"]), config.get("shave")
+    return [], None
+
+
+def bicubic_references(logs: Sequence[str | Path], valid_dirs: Sequence[str] | None = None) -> dict[str, float]:
+    """Bicubic PSNR on each validation set the logs name (``{set}_x{s}_psnr`` columns), by sample.py's protocol.
+
+    The sets are found in ``valid_dirs``, else in what each run's checkpoint recorded (its config's
+    valid_data_dir); a column whose set cannot be found is noted on stderr and gets no line.
+    """
+    from dataset.imresize import imresize
+    from dsrnet.evaluation import evaluate_set
+
+    found: dict[str, float] = {}
+    for log in map(Path, logs):
+        dirs, shave = (list(valid_dirs), None) if valid_dirs else _valid_dirs_of(log)
+        for field in _read_log(log)[1]:
+            match = re.fullmatch(r"(.+)_x(\d+)_psnr", field)
+            key = f"{match[1]} x{match[2]} bicubic" if match else None
+            if key is None or key in found:
+                continue
+            sets = [ts for ts in (_find_quietly(d, int(match[2])) for d in dirs) if ts and ts.name == match[1]]
+            if not sets:
+                print(f"note: no bicubic line for {field}: its set is not in "
+                      f"{', '.join(dirs) or 'the checkpoints beside ' + str(log)}; pass --valid_data_dir",
+                      file=sys.stderr)
+                continue
+            found[key] = evaluate_set(lambda lr, s=int(match[2]): imresize(lr, s), sets[0], "Bicubic",
+                                      shave=shave).psnr
+    return found
+
+
+def _find_quietly(folder: str, scale: int) -> TestSet | None:
+    try:
+        return find_test_set(folder, scale)
+    except InputError:
+        return None
+
+
+# --------------------------------------------------------------------------- the gate's routing
+
+BRANCH_ORDER = ("selected", "fixed", "mixed")
+BRANCH_NOTES = {"selected": "3x3/1x1 branch, cheaper", "fixed": "all-3x3 branch, costlier",
+                "mixed": "tiles or self-ensemble passes took different branches"}
+THUMB = 112  # thumbnail side in pixels
+
+
+@dataclass
+class Routed:
+    """One test image and the branch the gate sent it through."""
+
+    dataset: str
+    scale: int
+    name: str
+    branch: str
+    psnr: float
+    texture: float      # mean |gradient| of the HR's Y
+    thumb: np.ndarray   # uint8, at most (THUMB - 6) pixels a side
+
+
+def _thumbnail(img: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(img)
+    im.thumbnail((THUMB - 6, THUMB - 6), Image.Resampling.LANCZOS)  # a white gap between neighbours
+    return np.asarray(im)
+
+
+def load_routing(report: str | Path, dataset: str | None = None, scale: int | None = None) -> list[Routed]:
+    """The images of a ``sample.py`` report with the branch each took (the per-image CSV's ``branch`` column)."""
+    report = Path(report)
+    settings = _read_report(report, images=False)["settings"]
+    path = per_image_csv_beside(report)
+    if not path.is_file():
+        raise InputError(f"{path} not found: sample.py writes it beside {report.name}; rerun sample.py --report")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+        if "branch" not in fields:
+            raise InputError(f"{path} has no branch column (an older sample.py): rerun sample.py --report with a "
+                             "checkpoint to record the branch each image took")
+        picked = [(r["dataset"], int(r["scale"]), r["image"], r["branch"], float(r["psnr"])) for r in rows
+                  if r["branch"] and (dataset is None or r["dataset"] == dataset)
+                  and (scale is None or int(r["scale"]) == scale)]
+    except (KeyError, ValueError, TypeError, csv.Error, UnicodeDecodeError) as err:
+        reason = ascii(str(err))[1:-1][:80]
+        raise InputError(f"{path} is not a sample.py per-image CSV ({type(err).__name__}: {reason}); "
+                         "rerun sample.py --report") from None
+    if not picked:
+        wanted = "".join(f" {n} {v}" for n, v in (("--dataset", dataset), ("--scale", scale)) if v is not None)
+        raise InputError(f"{path} has no image with a branch{' for' + wanted if wanted else ''}: "
+                         "branches are recorded for the model's rows; run sample.py with a checkpoint")
+    routed = []
+    for ds, s, name, branch, psnr in picked:
+        hr = _read_hr(settings, ds, s, name)
+        routed.append(Routed(ds, s, name, branch, psnr, float(_gradient_magnitude(rgb_to_y(hr)).mean()),
+                             _thumbnail(hr)))
+    return routed
+
+
+def _mosaic(images: list[Routed], cols: int) -> np.ndarray:
+    """The thumbnails on a white grid of THUMB-pixel cells, row by row."""
+    rows = math.ceil(len(images) / cols)
+    sheet = np.full((rows * THUMB, cols * THUMB, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        h, w = im.thumb.shape[:2]
+        y, x = (i // cols) * THUMB + (THUMB - h) // 2, (i % cols) * THUMB + (THUMB - w) // 2
+        sheet[y:y + h, x:x + w] = im.thumb[..., :3] if im.thumb.ndim == 3 else im.thumb[..., None]
+    return sheet
+
+
+def branches_figure(images: list[Routed], out: str | Path, cols: int = 10, title: str | None = None) -> Path:
+    """The gate's decision against image content: HR texture per image by branch, then the images by branch."""
+    taken = {im.branch for im in images}
+    order = [b for b in BRANCH_ORDER if b in taken] + sorted(taken - set(BRANCH_ORDER))
+    groups = {b: [im for im in images if im.branch == b] for b in order}
+    cols = min(cols, max(len(g) for g in groups.values()))
+    cell = 1.25  # inches per thumbnail
+    heights = [0.6 + 0.45 * len(groups)] + [math.ceil(len(g) / cols) * cell + 0.3 for g in groups.values()]
+    fig = Figure(figsize=(max(7.0, cols * cell + 1.2), sum(heights) + 0.6), layout="constrained")
+    axes = fig.subplots(len(heights), 1, height_ratios=heights)
+    sets = list(dict.fromkeys(im.dataset for im in images))
+    for k, ds in enumerate(sets):
+        pts = [(im.texture, list(groups).index(im.branch)) for im in images if im.dataset == ds]
+        jitter = np.random.default_rng(k).uniform(-0.15, 0.15, len(pts))
+        axes[0].scatter([t for t, _ in pts], np.array([g for _, g in pts]) + jitter, s=14, alpha=0.7, label=ds)
+    axes[0].set_yticks(range(len(groups)), [f"{b} ({len(g)})" for b, g in groups.items()])
+    axes[0].set_ylim(len(groups) - 0.5, -0.5)
+    axes[0].set_xlabel("HR texture: mean |gradient| of Y (grey levels per pixel)")
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[0].grid(alpha=0.3, axis="x")
+    for ax, (branch, group) in zip(axes[1:], groups.items()):
+        ax.imshow(_mosaic(group, cols), interpolation="antialiased")
+        for i, im in enumerate(group):
+            label = display_name(im.dataset, im.name) + (f" ({im.dataset})" if len(sets) > 1 else "")
+            ax.text((i % cols + 0.5) * THUMB, (i // cols + 1) * THUMB - 2, f"{label}\n{im.psnr:.2f} dB",
+                    ha="center", va="bottom", fontsize=6, color="white",
+                    bbox={"facecolor": "black", "alpha": 0.55, "pad": 1, "linewidth": 0})
+        ax.set_title(f"{branch}: {len(group)} image{'s' * (len(group) != 1)}"
+                     + (f" ({BRANCH_NOTES[branch]})" if branch in BRANCH_NOTES else ""), fontsize=10, loc="left")
+        ax.set_axis_off()
+    scales = sorted({im.scale for im in images})
+    fig.suptitle(title or f"The gate's decision against image content (x{', x'.join(map(str, scales))}; "
+                 f"PSNR on Y under each image)", fontsize=11)
     return _save(fig, out)
 
 
@@ -392,9 +619,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     c.add_argument("--box", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
                    help="zoom region in HR pixels (default: where the model gains most over bicubic)")
     c.add_argument("--out", help="PNG to write (default: REPORT_compare.png beside the first report)")
-    k = sub.add_parser("curves", help="loss, lr and validation PSNR against step from a Solver log.csv")
-    k.add_argument("--log", required=True, help="CKPT_DIR/log.csv")
-    k.add_argument("--out", help="PNG to write (default: curves.png beside the log)")
+    k = sub.add_parser("curves", help="loss, lr and validation PSNR against step from Solver log.csv files")
+    k.add_argument("--log", nargs="+", required=True, help="CKPT_DIR/log.csv of one run, or of several to overlay")
+    k.add_argument("--label", nargs="+", help="one name per log (default: each log's folder)")
+    k.add_argument("--valid_data_dir", nargs="+",
+                   help="validation set folder(s) for the bicubic line (default: as the run's checkpoint records)")
+    k.add_argument("--no_bicubic", action="store_true", help="draw no bicubic line (it costs one bicubic pass)")
+    k.add_argument("--out", help="PNG to write (default: curves.png beside the first log)")
+    b = sub.add_parser("branches", help="test images grouped by the gate branch each took, from a sample.py report")
+    b.add_argument("--report", required=True, help="sample.py --report JSON (its per-image CSV has a branch column)")
+    b.add_argument("--dataset", help="only this test set (default: every set in the report)")
+    b.add_argument("--scale", type=int, help="only this scale (default: every scale in the report)")
+    b.add_argument("--out", help="PNG to write (default: REPORT_branches.png beside the report)")
     return p.parse_args(argv)
 
 
@@ -404,8 +640,15 @@ def main(argv: list[str] | None = None) -> Path:
         first = Path(cfg.report[0])
         cmp = load_comparison(cfg.report, cfg.image, cfg.dataset, cfg.scale, cfg.label)
         out = comparison_figure(cmp, cfg.out or first.with_name(first.stem + "_compare.png"), cfg.box)
+    elif cfg.command == "curves":
+        _check_labels(cfg.label, cfg.log, "--log")
+        references = {} if cfg.no_bicubic else bicubic_references(cfg.log, cfg.valid_data_dir)
+        out = training_curves(cfg.log, cfg.out or Path(cfg.log[0]).with_name("curves.png"), references,
+                              labels=cfg.label)
     else:
-        out = training_curves(cfg.log, cfg.out or Path(cfg.log).with_name("curves.png"))
+        report = Path(cfg.report)
+        out = branches_figure(load_routing(report, cfg.dataset, cfg.scale),
+                              cfg.out or report.with_name(report.stem + "_branches.png"))
     print(out)
     return out
 
