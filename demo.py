@@ -33,6 +33,7 @@ import numpy as np
 import sample
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import atomic_write_bytes, write_image
+from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
 from dsrnet.provenance import environment, git_description
@@ -58,7 +59,7 @@ QUICK = {"steps": 40, "batch_size": 8, "patch_size": 16, "valid_every": 20, "cro
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default=str(ROOT / "results" / "demo"), help="output folder (default results/demo)")
     p.add_argument("--steps", type=int, help=f"training steps (default {FULL['steps']}, --quick {QUICK['steps']})")
     p.add_argument("--batch_size", type=int, help=f"patches per step (default {FULL['batch_size']})")
@@ -71,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (0: patches cut in-process)")
     p.add_argument("--quick", action="store_true",
                    help=f"reduced budget for tests: photos cropped to {QUICK['crop']} px, {QUICK['steps']} steps")
-    p.add_argument("--authors_ckpt", help=f"the authors' x2 weights to add as a row (default {DEFAULT_AUTHORS} "
-                   "when it exists)")
+    p.add_argument("--authors_ckpt", help="the authors' x2 weights to add as a row "
+                   f"(default {DEFAULT_AUTHORS.relative_to(ROOT)} when it exists)")
     cfg = p.parse_args(argv)
     budget = QUICK if cfg.quick else FULL
     for key in ("steps", "batch_size", "patch_size", "valid_every", "decay"):

@@ -2,6 +2,7 @@
 the comparison crop and captions, curves with a bicubic line and several runs, the gate's branches figure."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -155,7 +156,8 @@ def figures(monkeypatch) -> list:
 def _log(folder: Path, psnr: float) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rows = ["step,loss,lr,samples_per_s,Photos_x2_psnr,Photos_x2_ssim"]
-    rows += [f"{s},{0.01 / s},{1e-3},40.0," + (f"{psnr + s / 100},0.9" if s % 20 == 0 else ",") for s in range(10, 90, 10)]
+    rows += [f"{s},{0.01 / s},{1e-3},40.0," + (f"{psnr + s / 100},0.9" if s % 20 == 0 else ",")
+             for s in range(10, 90, 10)]
     (folder / "log.csv").write_text("\n".join(rows) + "\n")
     return folder / "log.csv"
 
@@ -237,9 +239,50 @@ def test_branches_errors(tmp_path, photos, header, rows, message):
     assert not (tmp_path / "r_branches.png").exists()
 
 
-def test_branches_of_an_older_report_is_one_line(tmp_path, photos):
-    report = _routed_report(tmp_path, photos, "dataset,scale,method,image,psnr,ssim,seconds",
-                            ["Photos,2,DSRNet,coffee,33.5,0.95,0.2"])
-    proc = _run(["-m", "tools.visualize", "branches", "--report", str(report)], ROOT)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "no branch column" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+# --------------------------------------------------------------------------- the tools' flags
+
+def _help(module: str, argv: list[str], capsys) -> str:
+    """The --help text of a CLI's parser, whitespace-normalised (argparse wraps to the terminal's width)."""
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main([*argv, "--help"])
+    assert stop.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("module, argv, shown", [
+    ("demo", [], ["the gate (default: 0)", "DataLoader workers (0: patches cut in-process) (default: 0)"]),
+    ("tools.visualize", ["curves"], ["(default: as the run's checkpoint records)"]),
+    ("tools.export_onnx", [], ["ONNX opset version (default: 17)"]),
+    ("tools.benchmarks.alternatives", [], ["(a multiple of 4) (default: 128)", "untimed rounds first (default: 2)"]),
+    ("tools.benchmarks.complexity", [], ["cpu, cuda or cuda:N (default: cpu)", "(default: results/complexity.md)"]),
+    ("tools.benchmarks.inference", [], ["cpu, cuda or cuda:N (default: cpu)", "(default: 10)", "(default: 128)"]),
+    ("tools.benchmarks.memory_format", [], ["cpu, cuda or cuda:N (default: cpu)", "(default: [256, 512, 1024])"]),
+    ("tools.benchmarks.training", [], ["patches per step (default: 16)", "timed steps per loop (default: 60)"]),
+])
+def test_help_shows_defaults(module, argv, shown, capsys):
+    text = _help(module, argv, capsys)
+    for phrase in shown:
+        assert phrase in text
+
+
+def test_report_is_the_one_name_and_output_still_works():
+    complexity = importlib.import_module("tools.benchmarks.complexity")
+    assert complexity.parse_args(["--report", "a.md"]).report == "a.md"
+    assert complexity.parse_args(["--output", "b.md"]).report == "b.md"  # the older name, used by scripts
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("tools.benchmarks.inference", ["--device", "cuda:0"]), ("tools.benchmarks.inference", ["--cuda"]),
+    ("tools.benchmarks.memory_format", ["--device", "cuda:1"]), ("tools.benchmarks.complexity", ["--device", "cuda"]),
+])
+def test_device_flag_cuda_n_and_the_cuda_alias(module, argv):
+    if torch.cuda.is_available():
+        pytest.skip("checks the refusal on a machine without CUDA")
+    with pytest.raises(InputError, match="asks for CUDA but none is available"):
+        importlib.import_module(module).main(argv)
+
+
+def test_device_flag_refuses_other_devices_in_one_line(tmp_path):
+    proc = _run(["-m", "tools.benchmarks.inference", "--device", "tpu", "--report", str(tmp_path / "r.md")], ROOT)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --device tpu: pass cpu, cuda or cuda:N")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.md").exists()

@@ -34,6 +34,7 @@ from matplotlib.patches import Rectangle
 
 from dataset.io import atomic_write_bytes, read_image
 from dataset.layouts import TestSet, find_test_set, load_pair
+from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import method_sr_folder, per_image_csv_beside, sr_image_path
 from dsrnet.metrics import rgb_to_y
@@ -608,9 +609,10 @@ def branches_figure(images: list[Routed], out: str | Path, cols: int = 10, title
 # --------------------------------------------------------------------------- CLI
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="zoomed visual comparison from sample.py reports")
+    c = sub.add_parser("compare", formatter_class=HelpFormatter,
+                       help="zoomed visual comparison from sample.py reports")
     c.add_argument("--report", nargs="+", required=True, help="sample.py --report JSON file(s), Bicubic taken once")
     c.add_argument("--label", nargs="+", help="one name per report for its model rows (default: checkpoint names)")
     c.add_argument("--image", help="image name (default: the one with the largest gain over bicubic)")
@@ -619,14 +621,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     c.add_argument("--box", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
                    help="zoom region in HR pixels (default: where the model gains most over bicubic)")
     c.add_argument("--out", help="PNG to write (default: REPORT_compare.png beside the first report)")
-    k = sub.add_parser("curves", help="loss, lr and validation PSNR against step from Solver log.csv files")
+    k = sub.add_parser("curves", formatter_class=HelpFormatter,
+                       help="loss, lr and validation PSNR against step from Solver log.csv files")
     k.add_argument("--log", nargs="+", required=True, help="CKPT_DIR/log.csv of one run, or of several to overlay")
     k.add_argument("--label", nargs="+", help="one name per log (default: each log's folder)")
     k.add_argument("--valid_data_dir", nargs="+",
                    help="validation set folder(s) for the bicubic line (default: as the run's checkpoint records)")
     k.add_argument("--no_bicubic", action="store_true", help="draw no bicubic line (it costs one bicubic pass)")
     k.add_argument("--out", help="PNG to write (default: curves.png beside the first log)")
-    b = sub.add_parser("branches", help="test images grouped by the gate branch each took, from a sample.py report")
+    b = sub.add_parser("branches", formatter_class=HelpFormatter,
+                       help="test images grouped by the gate branch each took, from a sample.py report")
     b.add_argument("--report", required=True, help="sample.py --report JSON (its per-image CSV has a branch column)")
     b.add_argument("--dataset", help="only this test set (default: every set in the report)")
     b.add_argument("--scale", type=int, help="only this scale (default: every scale in the report)")
