@@ -32,12 +32,14 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from matplotlib.patches import Rectangle
 
+from dataset.imresize import imresize
 from dataset.io import atomic_write_bytes, read_image
 from dataset.layouts import TestSet, find_test_set, load_pair
 from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
-from dsrnet.evaluation import method_sr_folder, per_image_csv_beside, sr_image_path
+from dsrnet.evaluation import evaluate_set, method_sr_folder, per_image_csv_beside, sr_image_path
 from dsrnet.metrics import rgb_to_y
+from model import CheckpointError, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -448,9 +450,6 @@ def training_curves(logs: str | Path | Sequence[str | Path], out: str | Path,
 
 def _valid_dirs_of(log: Path) -> tuple[list[str], int | None]:
     """--valid_data_dir and --shave as the run recorded them in the newest checkpoint beside its log.csv."""
-    # torch is imported only when a figure needs it
-    from model import CheckpointError, read_checkpoint
-
     for ckpt in sorted(log.parent.glob("*.pth"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             config = read_checkpoint(ckpt).get("config") or {}
@@ -467,9 +466,6 @@ def bicubic_references(logs: Sequence[str | Path], valid_dirs: Sequence[str] | N
     The sets are found in ``valid_dirs``, else in what each run's checkpoint recorded (its config's
     valid_data_dir); a column whose set cannot be found is noted on stderr and gets no line.
     """
-    from dataset.imresize import imresize
-    from dsrnet.evaluation import evaluate_set
-
     found: dict[str, float] = {}
     for log in map(Path, logs):
         dirs, shave = (list(valid_dirs), None) if valid_dirs else _valid_dirs_of(log)
@@ -491,7 +487,7 @@ def bicubic_references(logs: Sequence[str | Path], valid_dirs: Sequence[str] | N
 
 def _find_quietly(folder: str, scale: int) -> TestSet | None:
     try:
-        return find_test_set(folder, scale)
+        return _test_set(folder, scale)
     except InputError:
         return None
 
