@@ -83,6 +83,18 @@ def ensure_writable(path: str | os.PathLike) -> None:
         raise _unwritable(path, err) from None
 
 
+def ensure_writable_folder(folder: str | os.PathLike, what: str, flag: str) -> None:
+    """Create ``folder`` and fail now, naming ``flag``, when ``what`` (e.g. checkpoints) cannot be written in it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write {what} to {folder} ({err.strerror or err}): "
+                         f"pass a writable {flag}") from None
+
+
 def _temp_beside(path: Path) -> Path:
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a folder; name a file")

@@ -18,15 +18,17 @@ from __future__ import annotations
 import operator
 import os
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dsrnet.errors import InputError
+from dsrnet.stopping import ignore_stop_signals
 
-__all__ = ["TrainDataset", "MULTI_SCALES"]
+__all__ = ["TrainDataset", "StepSampler", "step_loader", "step_scale", "MULTI_SCALES"]
 
 MULTI_SCALES = (2, 3, 4)  # scale=0 trains all of these at once, as the authors do
 
@@ -180,9 +182,45 @@ class TrainDataset(Dataset):
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> contiguous 3xHxW float32 in [0, 1], the same values as ToTensor.
 
-    Done in numpy: torch's intra-op thread pool made these tiny ops ~35x slower on a
+    Done in numpy: torch's intra-op thread pool makes these tiny ops many times slower on a
     busy CPU, and the float32 division gives bit-identical results.
     """
     out = np.empty((3, *img.shape[:2]), dtype=np.float32)
     np.divide(img.transpose(2, 0, 1), np.float32(255), out=out, dtype=np.float32)
     return torch.from_numpy(out)
+
+
+class StepSampler(Sampler[int]):
+    """Global sample counters for steps ``start`` .. ``stop - 1`` of one rank.
+
+    Step k of rank r takes counters (k*W + r)*B ... (k*W + r + 1)*B - 1 (B per rank, W ranks), so
+    every step trains on the same global batch whatever the world size and wherever a run resumed.
+    """
+
+    def __init__(self, start: int, stop: int, batch: int, rank: int = 0, world: int = 1):
+        self.start, self.stop, self.batch, self.rank, self.world = start, stop, batch, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        for k in range(self.start, self.stop):
+            first = (k * self.world + self.rank) * self.batch
+            yield from range(first, first + self.batch)
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.batch
+
+
+def step_scale(seed: int, step: int) -> int:
+    """Which scale a multi-scale step trains: a function of (seed, step), identical on every rank."""
+    return MULTI_SCALES[int(np.random.default_rng([seed, step]).integers(len(MULTI_SCALES)))]
+
+
+def step_loader(dataset: TrainDataset, start: int, stop: int, batch: int, rank: int, world: int,
+                num_workers: int, seed: int, pin_memory: bool) -> DataLoader:
+    """One rank's batches of steps ``start`` .. ``stop - 1`` (``batch`` patches each), in step order.
+
+    Workers ignore SIGINT/SIGTERM (the main process finishes the step and saves), and the loader's own
+    generator is seeded so that it never draws from the global RNG a resume must reproduce.
+    """
+    return DataLoader(dataset, batch_size=batch, sampler=StepSampler(start, stop, batch, rank, world),
+                      num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
+                      generator=torch.Generator().manual_seed(seed))

@@ -35,7 +35,7 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run ``main`` and turn an InputError into one line on stderr and exit code 2.
 
     A failure inside training can leave DataLoader workers running. They ignore SIGTERM (see
-    solver._leave_signals_to_main), so multiprocessing's exit handler would wait for them forever;
+    dsrnet.stopping.ignore_stop_signals), so multiprocessing's exit handler would wait for them forever;
     with such children alive the process ends at once instead, and they follow it within seconds
     (each worker watches its parent).
     """

@@ -26,7 +26,8 @@ from dataset.io import write_image
 from dsrnet.errors import InputError
 from model import load_checkpoint, read_checkpoint
 from model.inference import bf16_supported
-from solver import Solver, StepSampler, get_lr, parse_args
+from dataset.train_data import StepSampler
+from solver import Solver, get_lr, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--patch_size", "8", "--batch_size", "4", "--num_workers", "0", "--log_interval", "2"]
