@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise InputError(f"--authors_ckpt {authors}: no such file")
     if authors.is_file():  # a damaged or wrong-scale file fails now, not after training
         held = read_checkpoint(authors)["scale"]
-        if held not in (0, SCALE):
+        if held != SCALE:  # a multi-scale file (0) too: sample.py would then need --scale
             raise InputError(f"--authors_ckpt {authors} holds a {scale_name(held)} model; the demo is x{SCALE}: "
                              f"pass the authors' x{SCALE} file")
     check_out_folder(out)

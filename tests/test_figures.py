@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import demo
 import sample
 from dsrnet.errors import InputError
 from model import Net
@@ -84,6 +85,10 @@ def test_demo_refuses_wrong_scale_authors_weights_at_startup(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --authors_ckpt") and "x4" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    torch.save(Net(scale=2, multi_scale=True).state_dict(), tmp_path / "ms.pth")
+    with pytest.raises(InputError, match="holds a multi-scale model"):
+        demo.main(["--quick", "--authors_ckpt", str(tmp_path / "ms.pth"), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
