@@ -403,6 +403,12 @@ def _plot_loss(ax_loss, runs: list[_Run]) -> None:
     ax_loss.legend(handles=handles, fontsize=8, loc="upper right")
 
 
+def _set_of(field: str) -> str | None:
+    """'Set5 x2' for the log column 'Set5_x2_psnr' (the Solver names them ``{set}_x{scale}_psnr``)."""
+    match = re.fullmatch(r"(.+)_x(\d+)_psnr", field)
+    return f"{match[1]} x{match[2]}" if match else None
+
+
 def _plot_psnr(ax, runs: list[_Run], references: dict[str, float]) -> None:
     """Every run's *_psnr columns (colour per set for one run, per run for several) and the reference lines."""
     markers = "osD^vP*X"
@@ -415,8 +421,10 @@ def _plot_psnr(ax, runs: list[_Run], references: dict[str, float]) -> None:
             ax.plot(run.cols["step"][ok], run.cols[field][ok], marker=markers[k % len(markers)], markersize=4,
                     color=f"C{i if len(runs) > 1 else k}", label=name if len(runs) == 1 else f"{run.label} {name}")
     colors = iter(["tab:gray", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive"])
-    for label, value in references.items():
-        ax.axhline(value, linestyle="--", linewidth=1, color=next(colors, "black"), label=f"{label} {value:.2f}")
+    for label, value in references.items():  # one run: a set's bicubic line takes the colour of its curve
+        same = [k for k, f in enumerate(fields) if len(runs) == 1 and label.startswith(f"{_set_of(f)} ")]
+        ax.axhline(value, linestyle="--", linewidth=1, color=f"C{same[0]}" if same else next(colors, "black"),
+                   label=f"{label} {value:.2f}")
     if fields or references:
         ax.legend(fontsize=8, loc="lower right")
     else:
@@ -470,18 +478,18 @@ def bicubic_references(logs: Sequence[str | Path], valid_dirs: Sequence[str] | N
     for log in map(Path, logs):
         dirs, shave = (list(valid_dirs), None) if valid_dirs else _valid_dirs_of(log)
         for field in _read_log(log)[1]:
-            match = re.fullmatch(r"(.+)_x(\d+)_psnr", field)
-            key = f"{match[1]} x{match[2]} bicubic" if match else None
-            if key is None or key in found:
+            name = _set_of(field)
+            if name is None or f"{name} bicubic" in found:
                 continue
-            sets = [ts for ts in (_find_quietly(d, int(match[2])) for d in dirs) if ts and ts.name == match[1]]
+            test_set, scale = name.rsplit(" x", 1)
+            sets = [ts for ts in (_find_quietly(d, int(scale)) for d in dirs) if ts and ts.name == test_set]
             if not sets:
                 print(f"note: no bicubic line for {field}: its set is not in "
                       f"{', '.join(dirs) or 'the checkpoints beside ' + str(log)}; pass --valid_data_dir",
                       file=sys.stderr)
                 continue
-            found[key] = evaluate_set(lambda lr, s=int(match[2]): imresize(lr, s), sets[0], "Bicubic",
-                                      shave=shave).psnr
+            found[f"{name} bicubic"] = evaluate_set(lambda lr, s=int(scale): imresize(lr, s), sets[0], "Bicubic",
+                                                    shave=shave).psnr
     return found
 
 
