@@ -222,7 +222,8 @@ def test_branches_groups_images_by_the_branch_they_took(tmp_path, photos, figure
     out = visualize.main(["branches", "--report", str(report)])
     assert out == tmp_path / "r_branches.png" and out.stat().st_size > 10_000
     titles = [ax.get_title(loc="left") for ax in figures[-1].axes]
-    assert titles[1].startswith("selected: 1 image") and titles[2].startswith("fixed: 1 image")
+    assert titles[1].startswith("selected: 1 image") and titles[1].endswith("mean 2.4 GFLOPs per image")
+    assert titles[2].startswith("fixed: 1 image") and titles[2].endswith("mean 3.1 GFLOPs per image")
     texts = {t.get_text() for ax in figures[-1].axes for t in ax.texts}
     assert {"coffee\n33.50 dB", "astronaut\n32.50 dB"} <= texts
     routed = visualize.load_routing(report)

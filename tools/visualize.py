@@ -519,6 +519,7 @@ class Routed:
     psnr: float
     texture: float      # mean |gradient| of the HR's Y
     thumb: np.ndarray   # uint8, at most (THUMB - 6) pixels a side
+    gflops: float | None = None  # the forward's cost, when the CSV records it
 
 
 def _thumbnail(img: np.ndarray) -> np.ndarray:
@@ -544,7 +545,8 @@ def load_routing(report: str | Path, dataset: str | None = None, scale: int | No
         if "branch" not in fields:
             raise InputError(f"{path} has no branch column (an older sample.py): rerun sample.py --report with a "
                              "checkpoint to record the branch each image took")
-        picked = [(r["dataset"], int(r["scale"]), r["image"], r["branch"], float(r["psnr"])) for r in rows
+        picked = [(r["dataset"], int(r["scale"]), r["image"], r["branch"], float(r["psnr"]),
+                   float(r["gflops"]) if r.get("gflops") else None) for r in rows
                   if r["branch"] and (dataset is None or r["dataset"] == dataset)
                   and (scale is None or int(r["scale"]) == scale)]
     except (KeyError, ValueError, TypeError, csv.Error, UnicodeDecodeError) as err:
@@ -556,10 +558,10 @@ def load_routing(report: str | Path, dataset: str | None = None, scale: int | No
         raise InputError(f"{path} has no image with a branch{' for' + wanted if wanted else ''}: "
                          "branches are recorded for the model's rows; run sample.py with a checkpoint")
     routed = []
-    for ds, s, name, branch, psnr in picked:
+    for ds, s, name, branch, psnr, gflops in picked:
         hr = _read_hr(settings, ds, s, name)
         routed.append(Routed(ds, s, name, branch, psnr, float(_gradient_magnitude(rgb_to_y(hr)).mean()),
-                             _thumbnail(hr)))
+                             _thumbnail(hr), gflops))
     return routed
 
 
@@ -601,8 +603,10 @@ def branches_figure(images: list[Routed], out: str | Path, cols: int = 10, title
             ax.text((i % cols + 0.5) * THUMB, (i // cols + 1) * THUMB - 2, f"{label}\n{im.psnr:.2f} dB",
                     ha="center", va="bottom", fontsize=6, color="white",
                     bbox={"facecolor": "black", "alpha": 0.55, "pad": 1, "linewidth": 0})
+        cost = [im.gflops for im in group if im.gflops is not None]
         ax.set_title(f"{branch}: {len(group)} image{'s' * (len(group) != 1)}"
-                     + (f" ({BRANCH_NOTES[branch]})" if branch in BRANCH_NOTES else ""), fontsize=10, loc="left")
+                     + (f" ({BRANCH_NOTES[branch]})" if branch in BRANCH_NOTES else "")
+                     + (f", mean {np.mean(cost):.1f} GFLOPs per image" if cost else ""), fontsize=10, loc="left")
         ax.set_axis_off()
     scales = sorted({im.scale for im in images})
     fig.suptitle(title or f"The gate's decision against image content (x{', x'.join(map(str, scales))}; "
