@@ -37,6 +37,7 @@ from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
 from dsrnet.provenance import environment, git_description
+from dsrnet.rng import MAX_SEED
 from model import read_checkpoint, scale_name
 from solver import Solver
 from solver import parse_args as solver_args
@@ -85,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.seed < 0 or cfg.num_workers < 0:
         raise InputError(f"--seed ({cfg.seed}) and --num_workers ({cfg.num_workers}) must be >= 0")
+    if cfg.seed > MAX_SEED:
+        raise InputError(f"--seed {cfg.seed} is above {MAX_SEED}, the largest seed numpy takes: pass a smaller one")
     cfg.crop = budget["crop"]
     cfg.argv = sys.argv[1:] if argv is None else list(argv)
     return cfg
@@ -235,11 +238,11 @@ def main(argv: list[str] | None = None) -> Path:
     authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else DEFAULT_AUTHORS
     if cfg.authors_ckpt and not authors.is_file():
         raise InputError(f"--authors_ckpt {authors}: no such file")
-    if authors.is_file():  # a damaged or wrong-scale file fails now, not after training
+    if authors.is_file():  # a damaged file or another scale fails now, not after training
         held = read_checkpoint(authors)["scale"]
-        if held != SCALE:  # a multi-scale file (0) too: sample.py would then need --scale
-            raise InputError(f"--authors_ckpt {authors} holds a {scale_name(held)} model; the demo is x{SCALE}: "
-                             f"pass the authors' x{SCALE} file")
+        if held != SCALE:
+            raise InputError(f"--authors_ckpt {authors} holds a {scale_name(held)} model; the demo compares x{SCALE} "
+                             f"models: pass x{SCALE} weights, e.g. the authors' DSRNet_x2_600000.pth")
     check_out_folder(out)
     for name in OWNED:
         path = out / name

@@ -14,6 +14,9 @@ with --resume ends bit-identical to an uninterrupted one, whatever --num_workers
 size, and above 1 without torchrun it is refused with the command to use (the authors' DataParallel
 would split the batch-wide gate per replica). --batch_size stays the global batch.
 
+One run at a time owns --ckpt_dir, through a lock that dies with its process: a second run there stops
+at startup with one line naming the first one's pid and host.
+
 Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits with 128 + the signal
 (130 / 143), so a job script can tell an interrupted run from a finished one (exit 0). A second
 signal aborts at once. A non-finite loss stops the run (exit 2) before anything is written for it.
@@ -27,9 +30,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import re
 import signal
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,17 +42,19 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset.io import ensure_writable_folder
+from dataset.io import ensure_writable_folder, stale_temps
 from dataset.layouts import find_test_set, load_pair
 from dataset.train_data import MULTI_SCALES, TrainDataset, step_loader, step_scale
-from dsrnet.checkpoints import (copy_matching_tensors, find_resume, latest_checkpoint, read_resumable,
-                                restore_training_state, save_checkpoint, training_checkpoint)
+from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, find_resume, latest_checkpoint,
+                                read_resumable, restore_training_state, training_checkpoint, weights_checkpoint)
 from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0, shutdown_distributed,
                                 wrap_for_ranks)
 from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, require_scorable
+from dsrnet.resume import apply_resume_defaults, given_flags
 from dsrnet.metrics import to_uint8
-from dsrnet.rng import seed_everything
+from dsrnet.rng import MAX_SEED, seed_everything
+from dsrnet.run_lock import RunLock
 from dsrnet.run_log import RunLog, Throughput
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
 from model import GATE_MODES, Net
@@ -71,6 +78,21 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED} (numpy's seed range), got {value}")
+    return value
+
+
+def _ckpt_name(text: str) -> str:
+    """A plain file-name prefix: with a folder (or a glob wildcard) in it, --resume would not find the checkpoints."""
+    if not text or text in (".", "..") or any(c in text for c in "/\\*?["):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain file name: put folders in --ckpt_dir and give "
+                                         "--ckpt_name a name without / \\ * ? [, such as dsrnet_x2")
+    return text
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -103,13 +125,18 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     p.add_argument("--gate", choices=GATE_MODES, default="sample",
                    help="wide-enhancement gate while training; 'sample' is the authors' batch-wide "
                         "hard Gumbel gate (validation always uses 'selected', as sample.py)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="seeds the init, the sample stream and the gate noise")
     p.add_argument("--ckpt_dir", help="checkpoint folder (default: checkpoint/dsrnet_x{scale})")
-    p.add_argument("--ckpt_name", help="checkpoints are CKPT_DIR/CKPT_NAME_{step}.pth (default: dsrnet_x{scale})")
+    p.add_argument("--ckpt_name", type=_ckpt_name,
+                   help="checkpoints are CKPT_DIR/CKPT_NAME_{step}.pth (default: dsrnet_x{scale})")
     p.add_argument("--print_interval", "--checkpoint_every", dest="print_interval", type=_int_at_least(1),
                    default=1000, help="validate and checkpoint every N steps (and at the last step); "
                                       "the two names are one flag")
+    p.add_argument("--keep_last", type=_int_at_least(0), default=5,
+                   help="keep this run's N newest full checkpoints, deleting its older ones after each save "
+                        "(0 keeps all); CKPT_NAME_best.pth and CKPT_NAME_final.pth keep the weights of the best "
+                        "mean validation PSNR and of the last step")
     p.add_argument("--log_interval", type=_int_at_least(1), default=100,
                    help="log loss, lr and samples/s every N steps")
     p.add_argument("--verbose", action="store_true", help="print every log row, not only validation rows")
@@ -118,8 +145,10 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     p.add_argument("--shave", type=_int_at_least(0), help="border left out of validation PSNR/SSIM (default: scale)")
     p.add_argument("--sample_dir", help="write validation SR images to SAMPLE_DIR/CKPT_NAME/{step}/{set}/x{s}/")
     p.add_argument("--resume", nargs="?", const="latest",
-                   help="continue a run: a checkpoint file, or no value for the latest in --ckpt_dir")
-    p.add_argument("--init_from", help="start from any checkpoint's tensors that match in name and shape")
+                   help="continue a run: a checkpoint file, or no value for the latest in --ckpt_dir; flags not "
+                        "given are the checkpoint's (given ones override them)")
+    p.add_argument("--init_from", help="start a new run from any checkpoint's tensors that match in name and shape "
+                                       "(ignored with --resume)")
     p.add_argument("--num_gpu", type=_int_at_least(1),
                    help="GPUs = processes; above 1, launch with torchrun --nproc_per_node N "
                         "(default: as many as torchrun started, else 1)")
@@ -135,15 +164,16 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argparse.Namespace:
-    """The parsed and checked training flags, with the checkpoint folder and name filled in from the scale."""
+    """The training flags: checkpoint folder and name default from the scale; with --resume every flag not
+    given defaults to the checkpoint's recorded one (see dsrnet.resume)."""
     cfg = build_parser(default_scale).parse_args(argv)
-    if cfg.model != "dsrnet":
-        raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
-    if cfg.resume and cfg.init_from:
-        raise InputError("--resume continues a run and --init_from starts a new one: pass only one")
     name = f"dsrnet_x{cfg.scale}" if cfg.scale else "dsrnet_multiscale"
     cfg.ckpt_name = cfg.ckpt_name or name
     cfg.ckpt_dir = cfg.ckpt_dir or str(ROOT / "checkpoint" / name)
+    if cfg.resume:  # the entry point's scale counts as given: x4/train.py never continues a x2 run
+        apply_resume_defaults(cfg, given_flags(build_parser(default_scale), argv) | {"scale"})
+    if cfg.model != "dsrnet":
+        raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
     return cfg
 
 
@@ -163,6 +193,12 @@ def check_amp(amp: str | None, device: torch.device) -> None:
                          f"or AMX), which this {device.type.upper()} lacks: use --amp fp16 on a GPU, or drop --amp")
 
 
+def autocast(amp: str | None, device: torch.device) -> torch.autocast:
+    """--amp's mixed precision for the forward pass and loss (float32 without --amp)."""
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp is not None)
+
+
 def check_run(cfg: argparse.Namespace, world: int, device: torch.device) -> Path | None:
     """Refuse flags this machine or folder cannot run, before any data is read; returns the checkpoint to resume."""
     check_amp(cfg.amp, device)
@@ -177,9 +213,38 @@ def check_run(cfg: argparse.Namespace, world: int, device: torch.device) -> Path
     if earlier:
         print_rank0(f"note: {earlier} is from an earlier run; this new run overwrites such checkpoints "
                     "as it reaches their steps (continue that run with --resume instead)")
-    if cfg.init_from and not Path(cfg.init_from).is_file():
+    if cfg.init_from and not cfg.resume and not Path(cfg.init_from).is_file():
         raise InputError(f"--init_from {cfg.init_from}: no such file")
     return resume_path
+
+
+def claim_folder(ckpt_dir: Path, ckpt_name: str, rank: int) -> RunLock:
+    """Rank 0 locks --ckpt_dir for the run (other ranks get a lock holding nothing; fit releases it at
+    its end). Then the temp files that killed runs of this name left there (a checkpoint, its _best/_final
+    weights or log.csv being written at a kill -9: up to ~12 MB each) go: only under the lock, and only
+    this name's, as another live run may be writing its own."""
+    lock = RunLock(ckpt_dir, take=rank == 0)
+    ours = rf"{re.escape(ckpt_name)}_(?:\d+|best|final)\.pth|log\.csv"
+    stale = stale_temps(ckpt_dir, ours) if lock.guarded else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        print_rank0(f"removed {len(stale)} temp file(s) a killed run left in {ckpt_dir}: "
+                    f"{', '.join(p.name for p in stale)}")
+    return lock
+
+
+@contextmanager
+def naming_the_kept_checkpoint(checkpoints: RunCheckpoints) -> Iterator[None]:
+    """A save that fails (a full disk, a folder gone read-only) writes nothing and deletes nothing: its one
+    line also names the newest checkpoint the run keeps."""
+    try:
+        yield
+    except InputError as err:
+        last = checkpoints.folder / checkpoints.written[-1] if checkpoints.written else None
+        kept = (f"{last} is intact: continue from it with the same command plus --resume" if last
+                else f"this run has no earlier checkpoint in {checkpoints.folder}")
+        raise InputError(f"{err}; {kept}") from None
 
 
 def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argparse.Namespace,
@@ -218,12 +283,15 @@ class Solver:
         self.rank, self.world, self.device = init_distributed(cfg.num_gpu)
         resume_path = check_run(cfg, self.world, self.device)
         self.ckpt_dir = Path(cfg.ckpt_dir)
-        self.load_data()
-        self.build_model()
-        if resume_path:
-            self.resume(resume_path)
-        elif cfg.init_from:
-            print_rank0(copy_matching_tensors(self.net, Path(cfg.init_from)))
+        self.lock = claim_folder(self.ckpt_dir, cfg.ckpt_name, self.rank)
+        self.checkpoints = RunCheckpoints(self.ckpt_dir, cfg.ckpt_name, cfg.keep_last)
+        with self.lock.released_on_error():
+            self.load_data()
+            self.build_model()
+            if resume_path:
+                self.resume(resume_path)
+            elif cfg.init_from:
+                print_rank0(copy_matching_tensors(self.net, Path(cfg.init_from)))
         self.model = wrap_for_ranks(self.net, self.device, self.world)
         if self.device.type == "cuda":  # autotuned kernels are faster but may differ from run to run
             torch.backends.cudnn.benchmark = not cfg.deterministic
@@ -282,7 +350,7 @@ class Solver:
                     lr = get_lr(self.step, cfg.lr, cfg.decay)
                     for group in self.optim.param_groups:
                         group["lr"] = lr
-                    with self.autocast():
+                    with autocast(cfg.amp, self.device):
                         loss = self.loss_fn(self.model(lr_patch, scale).float(), hr)
                     loss_value, stop = mean_loss_and_stop_signal(loss, signals, self.world)
                     if not math.isfinite(loss_value):
@@ -301,11 +369,10 @@ class Solver:
                     checkpoint_due = self.step % cfg.print_interval == 0 or self.step == cfg.max_steps
                     if checkpoint_due or self.step % cfg.log_interval == 0:
                         row = self.next_log_row(lr, speed.samples_per_s(self.step))
-                        if checkpoint_due:
-                            row.update(self.validate(self.step))
-                        self.report(row, log, bar, checkpoint_due)
-                        if checkpoint_due:
+                        if checkpoint_due:  # saved first: a validation that fails loses no training
                             print_rank0(f"saved {self.save(self.step)}", bar)
+                            row.update(self.save_weights(self.validate(self.step)))
+                        self.report(row, log, bar, checkpoint_due)
                         speed.restart(self.step)  # validating and saving is not training
                     if stop:
                         self.stop_on_signal(stop, checkpoint_due, log, bar)
@@ -314,6 +381,7 @@ class Solver:
             if log is not None:
                 log.close()
             shutdown_distributed(self.world)
+            self.lock.release()
         return self.step
 
     # ------------------------------------------------------------------ helpers of the loop
@@ -330,12 +398,8 @@ class Solver:
             return t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         return scale, move(lr), move(hr)
 
-    def autocast(self) -> torch.autocast:
-        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.cfg.amp is not None)
-
     def diverged(self, loss_value: float) -> InputError:
-        last = latest_checkpoint(self.ckpt_dir, self.cfg.ckpt_name)
+        last = self.checkpoints.latest()
         return InputError(f"the loss became {loss_value} at step {self.step + 1}; stopped without saving "
                           f"(last checkpoint: {last or 'none'}): lower --lr or --clip, or check the training data")
 
@@ -349,7 +413,7 @@ class Solver:
         """After the step a signal arrived in: checkpoint it (once) and exit with 128 + the signal."""
         if log is not None:
             log.open()  # a checkpoint of this run: the folder's log must be this run's too
-        path = self.ckpt_path(self.step) if saved else self.save(self.step)
+        path = self.checkpoints.path(self.step) if saved else self.save(self.step)
         print_rank0(f"stopped by {signal.Signals(signum).name} at step {self.step}; saved {path}; "
                     "continue with --resume", bar)
         raise SystemExit(EXIT_ON_SIGNAL[signum])
@@ -373,32 +437,42 @@ class Solver:
             print_rank0(f"step {row['step']}: " + ", ".join(
                 f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "step"), bar)
 
+    def save_weights(self, scores: dict[str, float]) -> dict[str, float]:
+        """Rank 0: the weights-only best (mean validation PSNR) and final files; returns ``scores``."""
+        if self.rank == 0:
+            psnr = [v for k, v in scores.items() if k.endswith("_psnr")]
+            self.checkpoints.save_weights(weights_checkpoint(self.cfg, self.step, self.net, scores),
+                                          float(np.mean(psnr)) if psnr else None, self.step == self.cfg.max_steps)
+        return scores
+
     def describe(self) -> str:
         cfg = self.cfg
-        params = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.net.parameters() if not p.requires_grad)
         what = f"x{cfg.scale}" if cfg.scale else "multi-scale x2/x3/x4"
-        return (f"DSRNet {what}: {params:,} parameters on {self.device} x {self.world} process(es), "
+        return (f"DSRNet {what}: {trainable:,} trainable + {frozen:,} frozen (mean shift) parameters on "
+                f"{self.device} x {self.world} process(es), "
                 f"batch {cfg.batch_size} of {cfg.patch_size}px LR patches from {len(self.dataset)} images, "
                 f"gate '{cfg.gate}', steps {self.step} -> {cfg.max_steps}, checkpoints in {self.ckpt_dir}")
 
     # ------------------------------------------------------------------ checkpoints
 
-    def ckpt_path(self, step: int) -> Path:
-        return self.ckpt_dir / f"{self.cfg.ckpt_name}_{step}.pth"
-
     def save(self, step: int) -> Path:
         """Rank 0 writes ``{ckpt_name}_{step}.pth``: what sample.py loads, plus the resume state."""
-        path = self.ckpt_path(step)
+        path = self.checkpoints.path(step)
         if self.rank == 0:
-            save_checkpoint(path, training_checkpoint(self.cfg, step, self.net, self.optim, self.scaler,
-                                                      self.loss_sum, self.loss_count, self.world))
+            with naming_the_kept_checkpoint(self.checkpoints):
+                self.checkpoints.save(step, training_checkpoint(self.cfg, step, self.net, self.optim, self.scaler,
+                                                                self.loss_sum, self.loss_count, self.world))
         if self.world > 1:
             torch.distributed.barrier()
         return path
 
     def resume(self, path: Path) -> None:
         """Restore model, optimizer, step, gate noise and every RNG: the run continues bit-exactly."""
-        ckpt = read_resumable(path, self.cfg, on_gpu=self.device.type == "cuda")
+        ckpt = read_resumable(path, self.cfg)
         self.step, self.loss_sum, self.loss_count = restore_training_state(path, ckpt, self.net, self.optim,
                                                                            self.scaler)
+        if self.rank == 0:
+            self.checkpoints.continue_from(path, ckpt)
         print_rank0(f"resumed {path} at step {self.step}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dsrnet.errors import InputError
+from dsrnet.errors import DISK_FULL, InputError
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 
@@ -44,12 +45,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp file beside ``path`` to write; it replaces ``path`` only if the block succeeds.
 
     The file gets the usual umask permissions (mkstemp's are owner-only); on any error or Ctrl-C
-    the temp file is removed, so no half-written output is ever left behind.
+    the temp file is removed, so no half-written output is ever left behind. The data is fsynced
+    before the rename and the folder after it, so a power loss cannot leave an empty file under
+    the final name. A full disk (or quota) ends as an InputError, whether the block or the sync hit it.
     """
     path = Path(path)
     tmp = _temp_beside(path)
     try:
         yield tmp
+        _fsync(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -57,6 +61,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
         except OSError as err:
             raise _unwritable(path, err) from None
+        _fsync_folder(path.parent)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise _unwritable(path, err) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -108,7 +117,45 @@ def _temp_beside(path: Path) -> Path:
 
 
 def _unwritable(path: Path, err: OSError) -> InputError:
+    if err.errno in DISK_FULL:
+        return InputError(f"cannot write {path}: the disk is full ({err.strerror or err}); free space there "
+                          "or choose another location")
     return InputError(f"cannot write {path} ({err.strerror or err}): choose a writable location")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)  # Windows syncs only a writable handle
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable. Skipped where a folder cannot be opened (Windows) or synced
+    (some network and FUSE file systems refuse it): the file's own data is synced already."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
+
+
+def stale_temps(folder: str | os.PathLike, name_pattern: str) -> list[Path]:
+    """Temp files :func:`atomic_path` left in ``folder`` when its process was killed mid-write, for final
+    names matching the regex ``name_pattern``. Remove them only while no other process can be writing
+    such a name (a training run holds its folder's lock)."""
+    found = re.compile(rf"\.(?:{name_pattern})\.[a-z0-9_]{{8}}\.tmp")
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if found.fullmatch(p.name) and p.is_file()) if folder.is_dir() else []
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import pickle
 import re
+import uuid
+import zipfile
 from pathlib import Path
 
 import torch
@@ -41,14 +44,27 @@ def latest_checkpoint(ckpt_dir: Path, name: str) -> Path | None:
     return max(found)[1] if found else None
 
 
-def find_resume(resume: str, ckpt_dir: Path, name: str) -> Path:
-    """The checkpoint ``--resume`` names: a file, or 'latest' for the highest step in ``ckpt_dir``."""
+def run_names(ckpt_dir: Path) -> set[str]:
+    """The CKPT_NAMEs of the ``{name}_{step}.pth`` files in ``ckpt_dir``."""
+    return {m.group(1) for p in ckpt_dir.glob("*_*.pth") if (m := re.fullmatch(r"(.+)_(\d+)\.pth", p.name))}
+
+
+def find_resume(resume: str, ckpt_dir: Path, name: str, name_given: bool = True) -> Path:
+    """The checkpoint ``--resume`` names: a file, or 'latest' for the highest step in ``ckpt_dir``.
+
+    Without --ckpt_name, a folder holding the checkpoints of one other name resumes that run.
+    """
     if resume != "latest":
         if not Path(resume).is_file():
             raise InputError(f"--resume {resume}: no such file (--resume alone picks the latest "
                              f"checkpoint in --ckpt_dir)")
         return Path(resume)
     path = latest_checkpoint(ckpt_dir, name)
+    names = run_names(ckpt_dir) if path is None and not name_given else set()
+    if len(names) > 1:
+        raise InputError(f"--resume: {ckpt_dir} holds the runs {', '.join(sorted(names))}: pick one with --ckpt_name")
+    if names:
+        path = latest_checkpoint(ckpt_dir, names.pop())
     if path is None:
         raise InputError(f"--resume: no {name}_<step>.pth in {ckpt_dir}; check "
                          "--ckpt_dir/--ckpt_name or start without --resume")
@@ -81,8 +97,14 @@ def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: tor
     }
 
 
-def read_resumable(path: Path, cfg: argparse.Namespace, on_gpu: bool) -> dict:
-    """The checkpoint at ``path`` if this run can continue it; notes flags that change the math."""
+def weights_checkpoint(cfg: argparse.Namespace, step: int, net: Net, scores: dict[str, float]) -> dict:
+    """A small file sample.py loads (no training state): the weights at ``step`` and their validation scores."""
+    return {"model": net.state_dict(), "scale": cfg.scale, "group": cfg.group, "step": step, "seed": cfg.seed,
+            "config": vars(cfg), "environment": environment(), "valid": scores}
+
+
+def read_resumable(path: Path, cfg: argparse.Namespace) -> dict:
+    """The checkpoint at ``path`` if this run can continue it: it has a training state and the same network."""
     ckpt = read_checkpoint(path)
     saved = ckpt.get("config", {})
     if ckpt.get("train_state") is None:
@@ -93,12 +115,6 @@ def read_resumable(path: Path, cfg: argparse.Namespace, on_gpu: bool) -> dict:
             raise InputError(f"cannot resume {path}: it was trained with --{flag} {saved.get(flag)}, "
                              f"this run has --{flag} {getattr(cfg, flag)}; pass the same value, or "
                              "start a new run from its weights with --init_from")
-    # Flags a checkpoint predates are not compared; CPU runs are deterministic with or without the flag.
-    compared = [f for f in RUN_FLAGS if f in saved and (f != "deterministic" or on_gpu)]
-    changed = [f"--{f} {saved[f]} -> {getattr(cfg, f)}" for f in compared if saved[f] != getattr(cfg, f)]
-    if changed:
-        print_rank0("note: resuming with changed " + ", ".join(changed)
-                    + ": the run no longer matches an uninterrupted one")
     return ckpt
 
 
@@ -134,3 +150,94 @@ def copy_matching_tensors(net: Net, path: Path) -> str:
     return (f"--init_from {path}: copied {len(copied)} tensors; skipped {len(skipped)} that do not "
             f"match{': ' + ', '.join(skipped) if skipped else ''}; {len(fresh)} left at their "
             f"initialisation{': ' + ', '.join(fresh) if fresh else ''}")
+
+
+def _recorded(path: Path) -> dict:
+    """What a checkpoint file records (memory-mapped: nothing is read but what is asked), or {} if unreadable."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+        return {}  # an unreadable file is simply not one of this run's
+    return ckpt if isinstance(ckpt, dict) else {}
+
+
+def _step_and_lineage(path: Path) -> tuple[int, str | None]:
+    """The step and run lineage a checkpoint file records (full or weights-only); (0, None) if it records none."""
+    ckpt = _recorded(path)
+    return int(ckpt.get("step", 0)), (ckpt.get("train_state") or {}).get("lineage") or ckpt.get("lineage")
+
+
+class RunCheckpoints:
+    """The files one run lineage keeps in its folder: ``{name}_{step}.pth`` plus weights-only
+    ``{name}_best.pth`` (best mean validation PSNR) and ``{name}_final.pth`` (the --max_steps weights).
+
+    A lineage is a run and its resumptions, named by a random id that every file records. Each full
+    checkpoint also lists the full checkpoints its lineage wrote here and still keeps
+    (``train_state["written"]``): --keep_last deletes only those, never another run's or another name's
+    files. Resuming from an earlier step sets aside the lineage's files beyond it (a future the resume
+    abandons), so that a later plain --resume cannot pick them; other files stay as they are.
+    """
+
+    def __init__(self, folder: Path, name: str, keep_last: int):
+        self.folder, self.name, self.keep_last = folder, name, keep_last
+        self.written: list[str] = []
+        self.lineage = uuid.uuid4().hex
+        self.best_psnr: float | None = None
+        self.best_path = folder / f"{name}_best.pth"
+        self.final_path = folder / f"{name}_final.pth"
+
+    def path(self, step: int) -> Path:
+        return self.folder / f"{self.name}_{step}.pth"
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.folder, self.name)
+
+    def save(self, step: int, ckpt: dict) -> Path:
+        """Write a full checkpoint, then delete this lineage's full checkpoints beyond the newest --keep_last."""
+        path = self.path(step)
+        kept = sorted({*self.written, path.name}, key=lambda n: checkpoint_step(Path(n), self.name))
+        dropped = kept[:-self.keep_last] if self.keep_last else []
+        kept = kept[len(dropped):]
+        ckpt["train_state"].update(written=kept, lineage=self.lineage)
+        save_checkpoint(path, ckpt)
+        for name in dropped:
+            (self.folder / name).unlink(missing_ok=True)
+        self.written = kept
+        return path
+
+    def save_weights(self, weights: dict, mean_psnr: float | None, final: bool) -> None:
+        """``{name}_best.pth`` when the mean validation PSNR beats the best so far; ``{name}_final.pth`` at the end."""
+        weights = {**weights, "lineage": self.lineage}
+        if mean_psnr is not None and (self.best_psnr is None or mean_psnr > self.best_psnr):
+            save_checkpoint(self.best_path, {**weights, "mean_psnr": mean_psnr})
+            self.best_psnr = mean_psnr
+        if final:
+            save_checkpoint(self.final_path, weights)
+
+    def continue_from(self, path: Path, ckpt: dict) -> None:
+        """Adopt the lineage of the checkpoint resumed and set aside this name's files beyond its step."""
+        step, state = int(ckpt["step"]), ckpt["train_state"]
+        self.lineage = state.get("lineage") or self.lineage  # checkpoints before lineages: a new one
+        if path.resolve().parent == self.folder.resolve():
+            self.written = [n for n in state.get("written", [])
+                            if (s := checkpoint_step(Path(n), self.name)) is not None and s <= step]
+        files = [p for p in self.folder.glob(f"{self.name}_*.pth") if (checkpoint_step(p, self.name) or 0) > step]
+        files += [p for p in (self.best_path, self.final_path) if p.is_file()]
+        recorded = {p: _step_and_lineage(p) for p in files}
+        later = [p for p, (at, lineage) in recorded.items() if at > step and lineage == self.lineage]
+        if later:
+            self.set_aside(later, step)
+        if self.best_path in recorded and self.best_path not in later and recorded[self.best_path][1] == self.lineage:
+            self.best_psnr = _recorded(self.best_path).get("mean_psnr")
+
+    def set_aside(self, files: list[Path], step: int) -> None:
+        """Move ``files`` into a new ``abandoned_after_step_{step}`` folder beside them, saying so."""
+        aside, n = self.folder / f"abandoned_after_step_{step}", 1
+        while aside.exists():
+            n += 1
+            aside = self.folder / f"abandoned_after_step_{step}_{n}"
+        aside.mkdir()
+        for p in files:
+            p.replace(aside / p.name)
+        print_rank0(f"note: resuming at step {step} set aside {len(files)} later file(s) of {self.name} "
+                    f"(a future this resume abandons) in {aside}; log rows after step {step} are dropped")

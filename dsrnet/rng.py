@@ -10,6 +10,9 @@ import random
 import numpy as np
 import torch
 
+# The largest seed seed_everything takes: numpy's legacy np.random.seed stops at 2**32 - 1 (torch takes more).
+MAX_SEED = 2**32 - 1
+
 
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy's and Python's global generators."""

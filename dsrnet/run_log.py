@@ -13,10 +13,11 @@ from dsrnet.errors import InputError
 class RunLog:
     """``log.csv`` (one row per logged step) plus TensorBoard under ``tb/`` when it is installed.
 
-    On resume the CSV keeps the rows up to the resumed step and drops later ones, and TensorBoard
-    purges events from that step on, so a run resumed any number of times logs each step once. An
-    earlier log is read (and refused if damaged) at once, but nothing is written before the first row:
-    a run that fails before it leaves the folder as it found it.
+    On resume the CSV keeps the complete rows up to the resumed step, dropping later ones and any line a
+    crash cut short (power loss, full disk), and TensorBoard purges events from that step on, so a run
+    resumed any number of times logs each step once. An earlier log is read (and refused if damaged) at
+    once, but nothing is written before the first row: a run that fails before it leaves the folder as
+    it found it.
     """
 
     BASE_FIELDS = ["step", "loss", "lr", "samples_per_s"]
@@ -27,9 +28,10 @@ class RunLog:
         if start > 0 and self.path.is_file():
             try:
                 with open(self.path, newline="") as f:
-                    reader = csv.DictReader(f)
-                    self.rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= start]
-                    fields = list(reader.fieldnames or []) + [k for k in fields if k not in (reader.fieldnames or [])]
+                    text = f.read()
+                reader = csv.DictReader(io.StringIO(text[:text.rfind("\n") + 1], newline=""))  # no torn last line
+                self.rows = [r for r in reader if _complete(r) and int(r["step"]) <= start]
+                fields = list(reader.fieldnames or []) + [k for k in fields if k not in (reader.fieldnames or [])]
             except (UnicodeDecodeError, csv.Error) as err:
                 raise InputError(f"cannot continue {self.path} ({err}): move it aside and resume again") from None
         self.fields = fields
@@ -64,6 +66,11 @@ class RunLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _complete(row: dict) -> bool:
+    """A row with every field (short rows read as None, surplus ones under the key None) and a step."""
+    return None not in row and None not in row.values() and row.get("step", "").isdigit()
 
 
 class Throughput:

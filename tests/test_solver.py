@@ -132,7 +132,8 @@ def test_learns_stops_exactly_and_checkpoints_load(data, tmp_path):
     s = make(data, ck, "--patch_size", "16", "--lr", "1e-3", "--max_steps", "30", "--print_interval", "12",
              "--log_interval", "5", "--valid_data_dir", str(data["valid"]))
     assert s.fit() == 30
-    assert sorted(p.name for p in ck.glob("*.pth")) == ["dsrnet_x2_12.pth", "dsrnet_x2_24.pth", "dsrnet_x2_30.pth"]
+    assert sorted(p.name for p in ck.glob("*.pth")) == ["dsrnet_x2_12.pth", "dsrnet_x2_24.pth", "dsrnet_x2_30.pth",
+                                                        "dsrnet_x2_best.pth", "dsrnet_x2_final.pth"]
     rows = log_rows(ck)
     assert [int(r["step"]) for r in rows] == [5, 10, 12, 15, 20, 24, 25, 30]
     assert float(rows[-1]["loss"]) < 0.5 * float(rows[0]["loss"])
@@ -148,7 +149,7 @@ def test_learns_stops_exactly_and_checkpoints_load(data, tmp_path):
                             "--no_save", "--quiet"])
     assert result.psnr == pytest.approx(float(rows[-1]["Tiny_x2_psnr"]), abs=1e-3)  # one protocol
     s.fit()  # already at --max_steps: nothing happens
-    assert len(list(ck.glob("*.pth"))) == 3
+    assert len(list(ck.glob("*.pth"))) == 5
 
 
 def test_validation_runs_in_ieee_float32_and_restores_tf32(data, tmp_path, monkeypatch):

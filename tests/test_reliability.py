@@ -1,0 +1,269 @@
+"""Reliability (issue 13): one training run per checkpoint folder, durable writes, a full disk, a killed
+DataLoader worker, stale temp files, and flags that used to end in tracebacks or lost checkpoints.
+
+CLI behaviour is checked through real processes (``x2/train.py``, ``demo.py``) on a tiny HDF5 pack.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dataset.div2h5 import pack_hr_folder
+from dataset.io import atomic_write_bytes, stale_temps, write_image
+from dsrnet.errors import InputError, run_cli
+from dsrnet.run_lock import LOCK_NAME, RunLock
+from model import Net, read_checkpoint
+from solver import Solver, parse_args
+from tools.benchmarks import checkpoint_save
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "x2" / "train.py"
+TINY = ["--patch_size", "8", "--batch_size", "4", "--log_interval", "1000000"]
+HOST = socket.gethostname()
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory) -> Path:
+    """A 3-image x2 training pack made by div2h5's packer."""
+    root = tmp_path_factory.mktemp("pack")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        write_image(root / "hr" / f"{k}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    pack_hr_folder(root / "hr", root / "tiny.h5", scales=(2,))
+    return root / "tiny.h5"
+
+
+def train(pack: Path, ckpt_dir: Path, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(TRAIN), "--train_data_path", str(pack), "--ckpt_dir", str(ckpt_dir),
+                             *TINY, *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **popen)
+
+
+def one_error_line(proc: subprocess.Popen, timeout: float = 180) -> str:
+    """The process's stderr, asserted to be a single ``error:`` line with exit status 2."""
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 2, err[-3000:]
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err[-3000:]
+    return err
+
+
+# ------------------------------------------------------------------------------- durable atomic writes
+
+def fsync_spy(monkeypatch, final: Path) -> list[tuple[int, bool, bool]]:
+    """Record each os.fsync as (inode, is a folder, ``final`` exists yet)."""
+    calls, real = [], os.fsync
+
+    def spy(fd: int) -> None:
+        st = os.fstat(fd)
+        calls.append((st.st_ino, stat.S_ISDIR(st.st_mode), final.exists()))
+        real(fd)
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls
+
+
+def test_atomic_writes_sync_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    final = tmp_path / "sub" / "report.json"
+    calls = fsync_spy(monkeypatch, final)
+    atomic_write_bytes(final, b"{}")
+    assert calls == [(final.stat().st_ino, False, False), (final.parent.stat().st_ino, True, True)]
+
+
+def test_the_hdf5_pack_is_synced_before_it_becomes_final(tmp_path, monkeypatch):
+    write_image(tmp_path / "hr" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    final = tmp_path / "out" / "pack.h5"
+    calls = fsync_spy(monkeypatch, final)
+    pack_hr_folder(tmp_path / "hr", final, scales=(2,))
+    assert calls[-2:] == [(final.stat().st_ino, False, False), (final.parent.stat().st_ino, True, True)]
+
+
+def test_a_full_disk_is_one_error_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    final = tmp_path / "model.pth"
+    final.write_bytes(b"good")
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(InputError, match="model.pth: the disk is full .*free space"):
+        atomic_write_bytes(final, b"new")
+    assert final.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def test_stale_temps_match_only_the_names_asked_for(tmp_path):
+    names = [".run_4.pth.abcd_123.tmp", ".run_extra_4.pth.abcd1234.tmp", ".other_4.pth.abcd1234.tmp",
+             ".run_4.pth.abcd1234.tmp", "run_4.pth", ".log.csv.zz99zz99.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in stale_temps(tmp_path, r"run_\d+\.pth|log\.csv")] == [
+        ".log.csv.zz99zz99.tmp", ".run_4.pth.abcd1234.tmp", ".run_4.pth.abcd_123.tmp"]
+
+
+# ------------------------------------------------------------------------------- the folder lock
+
+HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[2]); from dsrnet.run_lock import RunLock; "
+          "lock = RunLock(sys.argv[1]); print('held', flush=True); time.sleep(120)")
+
+
+def test_the_lock_names_its_holder_dies_with_it_and_is_shared_within_a_process(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), str(ROOT)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(InputError, match=f"in use by another training run \\(pid {holder.pid} on {HOST}\\)"):
+            RunLock(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / LOCK_NAME).exists()
+    lock = RunLock(tmp_path)  # a killed holder's lock is free at once, though its file stays
+    again = RunLock(tmp_path)
+    child = os.fork()
+    if child == 0:  # a forked DataLoader worker that ends must not remove its parent's lock
+        again.release()
+        os._exit(0)
+    os.waitpid(child, 0)
+    lock.release()
+    assert (tmp_path / LOCK_NAME).exists()
+    again.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_second_run_in_a_held_folder_stops_at_once_naming_the_first(pack, tmp_path):
+    ckpt_dir = tmp_path / "ck"
+    ckpt_dir.mkdir()
+    stale = ckpt_dir / ".dsrnet_x2_2.pth.abcd1234.tmp"  # the holder may be writing it: left alone
+    stale.write_bytes(b"")
+    lock = RunLock(ckpt_dir)
+    try:
+        err = one_error_line(train(pack, ckpt_dir, "--max_steps", "2", "--num_workers", "0"))
+    finally:
+        lock.release()
+    assert f"--ckpt_dir {ckpt_dir} is in use by another training run (pid {os.getpid()} on {HOST})" in err
+    assert list(ckpt_dir.iterdir()) == [stale]
+
+
+# ------------------------------------------------------------------------------- a killed DataLoader worker
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_a_worker_killed_by_the_oom_killer_ends_in_one_line(pack, tmp_path):
+    proc = train(pack, tmp_path, "--max_steps", "1000000", "--print_interval", "1000000", "--num_workers", "2")
+    try:
+        deadline = time.monotonic() + 150
+        while len(children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = children(proc.pid)
+        assert workers, "the trainer started no DataLoader worker"
+        os.kill(workers[0], signal.SIGKILL)
+        err = one_error_line(proc, timeout=120)
+    finally:
+        proc.kill()
+    assert "a data-loading worker died" in err and "--num_workers" in err and "--in_memory" in err
+
+
+# ------------------------------------------------------------------------------- flags refused at startup
+
+def test_training_refuses_out_of_range_seeds_and_ckpt_names_with_folders(pack, tmp_path):
+    cases = {"argument --seed: must be in 0..4294967295": ["--seed", "4294967296"],
+             "argument --ckpt_name: 'sub/run' is not a plain file name": ["--ckpt_name", "sub/run"]}
+    procs = {msg: train(pack, tmp_path / "ck", "--max_steps", "1", *args) for msg, args in cases.items()}
+    for msg, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and msg in err.strip().splitlines()[-1] and "Traceback" not in err, err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_demo_refuses_authors_weights_of_another_scale_before_any_work(tmp_path):
+    x4 = tmp_path / "x4.pth"
+    torch.save(Net(scale=4, multi_scale=False, group=1).state_dict(), x4)
+    assert read_checkpoint(x4)["scale"] == 4
+    proc = subprocess.Popen([sys.executable, str(ROOT / "demo.py"), "--quick", "--authors_ckpt", str(x4),
+                             "--out", str(tmp_path / "out")], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    err = one_error_line(proc, timeout=120)
+    assert f"--authors_ckpt {x4} holds a x4 model" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_save_benchmark_runs(tmp_path, capsys):
+    checkpoint_save.main(["--dir", str(tmp_path), "--repeats", "1"])
+    printed = capsys.readouterr().out
+    assert "with fsync" in printed and "without fsync" in printed and "MB)" in printed
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- training: disk full, stale temps
+
+DISK_FULL_AT_STEP_4 = """
+import errno, os, runpy, sys
+real_fsync = os.fsync
+def fsync(fd):  # the disk fills while the step-4 checkpoint is being written
+    if ".dsrnet_x2_4.pth." in os.readlink(f"/proc/self/fd/{fd}"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_fsync(fd)
+os.fsync = fsync
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the patched writer names files through /proc")
+def test_a_full_disk_at_a_checkpoint_ends_in_one_line_keeping_the_last_one(pack, tmp_path):
+    driver = tmp_path / "disk_full.py"
+    driver.write_text(DISK_FULL_AT_STEP_4)
+    ckpt_dir = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, str(driver), str(TRAIN), "--train_data_path", str(pack), "--ckpt_dir",
+                             str(ckpt_dir), *TINY, "--max_steps", "6", "--print_interval", "2", "--num_workers", "0"],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = one_error_line(proc)
+    assert "the disk is full" in err and f"{ckpt_dir / 'dsrnet_x2_2.pth'} is intact" in err and "--resume" in err
+    assert sorted(p.name for p in ckpt_dir.glob("*.pth")) == ["dsrnet_x2_2.pth"]
+    assert read_checkpoint(ckpt_dir / "dsrnet_x2_2.pth")["step"] == 2
+    assert not [p for p in ckpt_dir.iterdir() if p.name.startswith(".")]  # no temp file, no lock left
+
+
+def test_startup_removes_only_this_runs_stale_temp_files(pack, tmp_path):
+    ours = [".dsrnet_x2_4.pth.abcd1234.tmp", ".dsrnet_x2_best.pth.abcd1234.tmp", ".log.csv.abcd1234.tmp"]
+    others = [".other_4.pth.abcd1234.tmp", ".dsrnet_x2_best_4.pth.abcd1234.tmp", "notes.tmp"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    solver = Solver(parse_args(["--train_data_path", str(pack), "--ckpt_dir", str(tmp_path), *TINY,
+                                "--max_steps", "1", "--num_workers", "0"]))
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, LOCK_NAME])
+    finally:
+        solver.lock.release()
+
+
+def test_a_full_disk_anywhere_else_is_one_line(capsys):
+    def fail(code: int) -> None:  # e.g. appending a row to log.csv, outside the atomic helpers
+        raise OSError(code, os.strerror(code), "ck/log.csv")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(lambda: fail(errno.ENOSPC))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: the disk is full writing ck/log.csv (")
+    assert len(err.strip().splitlines()) == 1 and "--resume" in err
+    with pytest.raises(PermissionError):  # any other OSError is not disguised
+        run_cli(lambda: fail(errno.EACCES))
