@@ -426,7 +426,7 @@ def _plot_psnr(ax, runs: list[_Run], references: dict[str, float]) -> None:
         ax.axhline(value, linestyle="--", linewidth=1, color=f"C{same[0]}" if same else next(colors, "black"),
                    label=f"{label} {value:.2f}")
     if fields or references:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     else:
         ax.text(0.5, 0.5, "no validation columns\n(train with --valid_data_dir)", ha="center", va="center",
                 transform=ax.transAxes, color="gray")
