@@ -33,6 +33,7 @@ import numpy as np
 import sample
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import atomic_write_bytes, write_image
+from dsrnet import AUTHORS_WEIGHTS
 from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
@@ -45,7 +46,6 @@ from tools import visualize
 
 ROOT = Path(__file__).resolve().parent
 
-DEFAULT_AUTHORS = ROOT / "checkpoint" / "DSRNet_x2_600000.pth"
 SCALE = 2
 CKPT_NAME = "dsrnet_x2_demo"
 # Held-out photos: classic test pictures, never trained on.
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"reduced budget for tests: photos cropped to {QUICK['crop']} px, {QUICK['steps']} steps")
     p.add_argument("--authors_ckpt", help="the authors' x2 weights to add as a row "
-                   f"(default {DEFAULT_AUTHORS.relative_to(ROOT)} when it exists)")
+                   f"(default {AUTHORS_WEIGHTS.relative_to(ROOT)} when it exists)")
     cfg = p.parse_args(argv)
     budget = QUICK if cfg.quick else FULL
     for key in ("steps", "batch_size", "patch_size", "valid_every", "decay"):
@@ -235,7 +235,7 @@ def check_out_folder(out: Path) -> None:
 def main(argv: list[str] | None = None) -> Path:
     cfg = parse_args(argv)
     out = Path(cfg.out).resolve()
-    authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else DEFAULT_AUTHORS
+    authors = Path(cfg.authors_ckpt) if cfg.authors_ckpt else AUTHORS_WEIGHTS
     if cfg.authors_ckpt and not authors.is_file():
         raise InputError(f"--authors_ckpt {authors}: no such file")
     if authors.is_file():  # a damaged file or another scale fails now, not after training

@@ -124,7 +124,18 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     p.add_argument("--loss_fn", choices=tuple(LOSSES), default="MSE", help="training loss")
     p.add_argument("--gate", choices=GATE_MODES, default="sample",
                    help="wide-enhancement gate while training; 'sample' is the authors' batch-wide "
-                        "hard Gumbel gate (validation always uses 'selected', as sample.py)")
+                        "hard Gumbel gate, 'learned' a per-sample one that trains (validation uses 'selected', "
+                        "as sample.py, or 'learned' for a learned gate)")
+    p.add_argument("--gate_tau", type=_positive_float, default=1.0,
+                   help="'learned' gate: Gumbel-softmax temperature at step 0; it anneals exponentially to "
+                        "--gate_tau_min at step --decay and stays there (only the gate's gradient depends on it)")
+    p.add_argument("--gate_tau_min", type=_positive_float, default=0.5, help="'learned' gate: the temperature's floor")
+    p.add_argument("--gate_lr_mult", type=_positive_float, default=1.0,
+                   help="'learned' gate: its learning rate is --lr times this (Adam moves a weight by about the "
+                        "lr per step, and the authors' gate starts far from its decision boundary)")
+    p.add_argument("--gate_penalty", type=float, default=0.0,
+                   help="'learned' gate: add this times the share of the batch routed to the costlier all-3x3 "
+                        "'fixed' branch to the loss (0: no compute penalty)")
     p.add_argument("--seed", type=_seed, default=0,
                    help="seeds the init, the sample stream and the gate noise")
     p.add_argument("--ckpt_dir", help="checkpoint folder (default: checkpoint/dsrnet_x{scale})")
@@ -174,12 +185,60 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
         apply_resume_defaults(cfg, given_flags(build_parser(default_scale), argv) | {"scale"})
     if cfg.model != "dsrnet":
         raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
+    learned_only = [f for f, unset in (("gate_penalty", 0.0), ("gate_lr_mult", 1.0)) if getattr(cfg, f) != unset]
+    if learned_only and cfg.gate != "learned":
+        raise InputError(f"--{learned_only[0]} acts on the learned gate, but --gate is {cfg.gate}: "
+                         f"add --gate learned or drop --{learned_only[0]}")
+    if cfg.gate_penalty < 0:
+        raise InputError(f"--gate_penalty must be >= 0, got {cfg.gate_penalty}")
     return cfg
 
 
 def get_lr(step: int, lr: float, decay: int) -> float:
     """The authors' step schedule: halve every ``decay`` steps."""
     return lr * 0.5 ** (step // decay)
+
+
+def get_gate_tau(step: int, start: float, floor: float, decay: int) -> float:
+    """The learned gate's temperature: exponential from ``start`` at step 0 to ``floor`` at step ``decay``
+    (the lr's first phase), then constant; a function of the step, like the lr, so a resumed run matches."""
+    return start * (floor / start) ** min(1.0, step / decay)
+
+
+def param_groups(net: Net, gate: str) -> list[dict]:
+    """Adam's groups: one; with the learned gate a second for the gate, whose lr is --gate_lr_mult times --lr."""
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if gate != "learned":
+        return [{"params": [p for _, p in params]}]
+    in_gate = [n.startswith("wide_enhancement.gate.") for n, _ in params]
+    return [{"params": [p for (_, p), g in zip(params, in_gate) if not g]},
+            {"params": [p for (_, p), g in zip(params, in_gate) if g]}]
+
+
+def set_schedules(optim: torch.optim.Optimizer, net: Net, cfg: argparse.Namespace, step: int) -> float:
+    """Set this step's lr (the learned gate's group: --gate_lr_mult times it) and gate temperature; returns the lr."""
+    lr = get_lr(step, cfg.lr, cfg.decay)
+    for group, mult in zip(optim.param_groups, (1.0, cfg.gate_lr_mult)):
+        group["lr"] = lr * mult
+    net.wide_enhancement.gate_tau = get_gate_tau(step, cfg.gate_tau, cfg.gate_tau_min, cfg.decay)
+    return lr
+
+
+def compute_penalty(net: Net, weight: float) -> torch.Tensor:
+    """``weight`` times the share of the last training batch the learned gate sent to the costlier 'fixed'
+    branch, with the straight-through gradient of that choice."""
+    return weight * net.wide_enhancement.route[:, 1].mean()
+
+
+def routing_row(net: Net, gate: str) -> dict[str, float]:
+    """The log's ``fixed_share``: the share of this rank's samples the learned gate sent to 'fixed' since the
+    previous row (whose count then restarts); nothing for the other gates."""
+    if gate != "learned":
+        return {}
+    routed = net.wide_enhancement.routed
+    share = routed["fixed"] / max(1, routed["fixed"] + routed["selected"])
+    routed.clear()
+    return {"fixed_share": share}
 
 
 def check_amp(amp: str | None, device: torch.device) -> None:
@@ -224,6 +283,8 @@ def claim_folder(ckpt_dir: Path, ckpt_name: str, rank: int) -> RunLock:
     weights or log.csv being written at a kill -9: up to ~12 MB each) go: only under the lock, and only
     this name's, as another live run may be writing its own."""
     lock = RunLock(ckpt_dir, take=rank == 0)
+    if rank == 0 and not lock.guarded:
+        print_rank0(f"note: {ckpt_dir} cannot be locked on this system: nothing stops a second run there")
     ours = rf"{re.escape(ckpt_name)}_(?:\d+|best|final)\.pth|log\.csv"
     stale = stale_temps(ckpt_dir, ours) if lock.guarded else []
     for path in stale:
@@ -256,7 +317,8 @@ def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argp
     """
     scores = {}
     net.eval()
-    net.set_gate("selected")
+    routed = net.wide_enhancement.routed.copy()  # the training log's count, kept across validation
+    net.set_gate("learned" if cfg.gate == "learned" else "selected")
     layout = fast_memory_format(device)  # on a GPU, float32 runs NCHW: a copy, not the training net
     scored = net if layout == memory_format_of(net) else copy.deepcopy(net).to(memory_format=layout)
     try:
@@ -271,6 +333,7 @@ def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argp
                 scores[f"{ts.name}_x{ts.scale}_ssim"] = result.ssim
     finally:
         net.set_gate(cfg.gate)  # no seed: the training gate's noise stream continues
+        net.wide_enhancement.routed.update(routed)
         net.train()
     return scores
 
@@ -318,8 +381,7 @@ class Solver:
                        gate_mode=cfg.gate, gate_seed=cfg.seed)
         # channels_last: oneDNN/cuDNN convolutions run NHWC natively, forward and backward
         self.net.to(self.device, memory_format=torch.channels_last)
-        self.optim = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad],
-                                      lr=cfg.lr, betas=(0.9, 0.999))
+        self.optim = torch.optim.Adam(param_groups(self.net, cfg.gate), lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.loss_fn = LOSSES[cfg.loss_fn]()
         self.step, self.loss_sum, self.loss_count = 0, 0.0, 0  # the sums of the open log interval
@@ -347,12 +409,11 @@ class Solver:
             with stop_requests() as signals:
                 while self.step < cfg.max_steps:
                     scale, lr_patch, hr = self.get_batch(next(batches), self.step)
-                    lr = get_lr(self.step, cfg.lr, cfg.decay)
-                    for group in self.optim.param_groups:
-                        group["lr"] = lr
+                    lr = set_schedules(self.optim, self.net, cfg, self.step)
                     with autocast(cfg.amp, self.device):
-                        loss = self.loss_fn(self.model(lr_patch, scale).float(), hr)
-                    loss_value, stop = mean_loss_and_stop_signal(loss, signals, self.world)
+                        data_loss = self.loss_fn(self.model(lr_patch, scale).float(), hr)
+                    loss = data_loss + compute_penalty(self.net, cfg.gate_penalty) if cfg.gate_penalty else data_loss
+                    loss_value, stop = mean_loss_and_stop_signal(data_loss, signals, self.world)  # logged: no penalty
                     if not math.isfinite(loss_value):
                         raise self.diverged(loss_value)
                     self.optim.zero_grad(set_to_none=True)
@@ -407,6 +468,7 @@ class Solver:
         """This step's log row: the mean loss since the previous row, whose sums then restart."""
         row = {"step": self.step, "loss": self.loss_sum / self.loss_count, "lr": lr, "samples_per_s": samples_per_s}
         self.loss_sum, self.loss_count = 0.0, 0
+        row.update(routing_row(self.net, self.cfg.gate))
         return row
 
     def stop_on_signal(self, signum: int, saved: bool, log: RunLog | None, bar: tqdm) -> None:
@@ -425,7 +487,8 @@ class Solver:
         return score_valid_sets(self.net, self.valid_sets, self.device, self.cfg, step)
 
     def valid_fields(self) -> list[str]:
-        return [f"{ts.name}_x{ts.scale}_{m}" for ts in self.valid_sets for m in ("psnr", "ssim")]
+        routing = ["fixed_share"] if self.cfg.gate == "learned" else []
+        return routing + [f"{ts.name}_x{ts.scale}_{m}" for ts in self.valid_sets for m in ("psnr", "ssim")]
 
     def report(self, row: dict, log: RunLog | None, bar: tqdm, evaluated: bool) -> None:
         """Rank 0: the row into log.csv/TensorBoard and the progress bar; printed if validated or --verbose."""

@@ -45,12 +45,12 @@ if __name__ == "__main__":  # run as a script, maybe from dataset/: make the rep
 
 import h5py
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dataset.imresize import imresize, modcrop
-from dataset.io import atomic_path, images_in, read_image
+from dataset.io import atomic_path, image_size, images_in, read_image
 from dsrnet.errors import InputError, run_cli
+from model import SCALES
 
 __all__ = ["pack_div2k", "pack_hr_folder", "main"]
 
@@ -72,15 +72,6 @@ def _check_scales(scales: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(int(s) for s in scales))
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header only: size checks up front cost no decoding."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"cannot read image {path} ({err}); replace or remove the file") from None
-
-
 def _div2k_pairs(dataset_dir: Path, dataset_type: str,
                  scales: Sequence[int]) -> list[tuple[Path, dict[int, Path]]]:
     """HR paths in sorted order (the authors' order), each with its LR path per scale.
@@ -98,7 +89,7 @@ def _div2k_pairs(dataset_dir: Path, dataset_type: str,
     hrs = images_in(hr_dir, "*.png")
     if not hrs:
         raise InputError(f"no .png images in {hr_dir}: unpack DIV2K_{dataset_type}_HR.zip there")
-    hr_sizes = {hr: _image_size(hr) for hr in hrs}
+    hr_sizes = {hr: image_size(hr) for hr in hrs}
     lr_paths: list[dict[int, Path]] = [{} for _ in hrs]
     for s in scales:
         lr_dir = dataset_dir / f"DIV2K_{dataset_type}_LR_bicubic" / f"X{s}"
@@ -115,7 +106,7 @@ def _div2k_pairs(dataset_dir: Path, dataset_type: str,
             if not lr.is_file():
                 raise InputError(f"HR image {hr} has no x{s} partner: {lr} is missing; "
                                  "add it or remove the HR image")
-            (hw, hh), (lw, lh) = hr_sizes[hr], _image_size(lr)
+            (hw, hh), (lw, lh) = hr_sizes[hr], image_size(lr)
             if (hw // s, hh // s) != (lw, lh):
                 raise InputError(f"{lr} is {lw}x{lh} but its HR {hr} is {hw}x{hh}: an x{s} LR "
                                  f"should be {hw // s}x{hh // s}; replace the mismatched file")
@@ -192,7 +183,7 @@ def _write_h5(output: Path, scales: Sequence[int], items: Sequence, load: Callab
 
 
 def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, dataset_type: str = "train",
-               scales: Iterable[int] = (2, 3, 4), workers: int = 1,
+               scales: Iterable[int] = SCALES, workers: int = 1,
                compression: str | None = None) -> int:
     """Pack DIV2K's HR and official bicubic LR images; returns the number of images."""
     scales = _check_scales(scales)
@@ -202,7 +193,7 @@ def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, datase
 
 
 def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
-                   scales: Iterable[int] = (2, 3, 4), workers: int = 1,
+                   scales: Iterable[int] = SCALES, workers: int = 1,
                    compression: str | None = None) -> int:
     """Pack a folder of HR images, making each LR with MATLAB-style bicubic; returns the count."""
     scales = _check_scales(scales)
@@ -214,7 +205,7 @@ def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
         raise InputError(f"no images in {hr_dir}: point --hr_dir at a folder of HR images")
     side = math.lcm(*scales)
     for p in paths:
-        w, h = _image_size(p)
+        w, h = image_size(p)
         if min(w, h) < side:
             raise InputError(f"{p} is {w}x{h}, smaller than {side} (a multiple of every scale "
                              f"in {' '.join(map(str, scales))}): remove it")
@@ -236,7 +227,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="pack this folder of HR images instead, making LR with MATLAB-style bicubic")
     parser.add_argument("--output", default=None,
                         help="output file (default: DIV2K_{type}.h5, or HR_DIR_NAME.h5 with --hr_dir)")
-    parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--scales", type=int, nargs="+", default=list(SCALES))
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="images decoded in parallel (default: CPU cores, at most 8)")
     parser.add_argument("--compression", default="none", choices=("none", "gzip", "lzf"),

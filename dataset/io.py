@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -28,16 +29,76 @@ def images_in(folder: str | os.PathLike, pattern: str = "*") -> list[Path]:
                   if p.is_file() and is_image(p) and not p.name.startswith("."))
 
 
+@dataclass(frozen=True)
+class Planes:
+    """A decoded image: RGB for the network, plus what ``sample.py --input`` gives back (gray, alpha)."""
+
+    rgb: np.ndarray            # uint8 HxWx3; a grayscale image is replicated into the three channels
+    alpha: np.ndarray | None   # uint8 HxW, or None when the file has no transparency
+    gray: bool                 # the file holds one colour channel (1, L, LA, I;16*, I, F)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file header only: checks up front cost no decoding."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"cannot read image {path} ({err}); replace or remove the file") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as an RGB uint8 HxWx3 array (grayscale is replicated, as the authors do)."""
+    """Read an image as an RGB uint8 HxWx3 array (grayscale is replicated, as the authors do; alpha is dropped)."""
+    return read_planes(path).rgb
+
+
+def read_planes(path: str | os.PathLike) -> Planes:
+    """Decode any image PIL opens into 8-bit planes: the one place where files become pixels.
+
+    16-bit samples become ``round(v / 257)`` and floats in [0, 1] ``round(v * 255)``, as MATLAB's
+    ``im2uint8`` does; a float outside [0, 1] or a negative integer is refused (no silent clamping).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            if im.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in im.tile):
+                return _wide_colour(path)  # PIL keeps only the high byte of 16-bit colour samples
+            if im.mode.startswith("I") or im.mode == "F":
+                gray = _wide_to_uint8(np.asarray(im), im.mode, path)
+                return Planes(np.repeat(gray[..., None], 3, axis=2), None, gray=True)
+            has_alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+            arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.uint8)
+            return Planes(arr[..., :3].copy(), arr[..., 3].copy() if has_alpha else None,
+                          gray=im.mode in ("1", "L", "LA", "La"))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         raise InputError(f"cannot decode image {path} ({err}); replace or remove the file") from None
+
+
+def _wide_colour(path: Path) -> Planes:
+    """16-bit RGB(A) PNG/TIFF at full depth, through OpenCV (which returns BGR(A) uint16)."""
+    import cv2
+
+    data = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.ndim != 3 or data.shape[2] not in (3, 4) or data.dtype != np.uint16:
+        raise InputError(f"cannot decode the 16-bit colour image {path}; save it as 8-bit or 16-bit PNG")
+    rgb = _wide_to_uint8(data[..., 2::-1], "RGB;16", path)
+    alpha = _wide_to_uint8(data[..., 3], "RGBA;16", path) if data.shape[2] == 4 else None
+    return Planes(np.ascontiguousarray(rgb), alpha, gray=False)
+
+
+def _wide_to_uint8(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """16-bit (I;16*, and I, which PIL uses for 16-bit sources) and float (F) samples -> uint8, or refuse."""
+    if mode == "F":
+        if not np.isfinite(a).all() or a.min() < -0.5 / 255 or a.max() > 1 + 0.5 / 255:
+            raise InputError(f"{path} is a float image with values in [{a.min():g}, {a.max():g}]; only [0, 1] "
+                             "is understood: rescale it to [0, 1] or save it as an 8- or 16-bit integer image")
+        return np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    if a.min() < 0 or a.max() > 65535:
+        raise InputError(f"{path} holds integer samples in [{a.min()}, {a.max()}] (PIL mode {mode}); only 0..65535 "
+                         "(16-bit) is understood: save it as an 8- or 16-bit unsigned image")
+    return np.rint(a.astype(np.float32) / 257).astype(np.uint8)
 
 
 @contextmanager
@@ -164,12 +225,30 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def _format(path: Path) -> str:
+    return _FORMATS.get(path.suffix.lower(), "PNG")
+
+
+def check_savable(path: str | os.PathLike, channels: int) -> None:
+    """Refuse, before the work, an image kind the file's format cannot hold (alpha in a JPEG, gray+alpha in a BMP)."""
+    path = Path(path)
+    try:
+        Image.new(_MODES[channels], (1, 1)).save(io.BytesIO(), format=_format(path))
+    except (OSError, KeyError, ValueError):
+        raise InputError(f"{path.suffix} files cannot hold {_MODES[channels]} images (the input's kind): "
+                         f"name a .png file instead of {path}") from None
+
+
 def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Save a uint8 HxWx3 (or HxW) array atomically; the format follows the extension."""
+    """Save a uint8 HxW (L), HxWx2 (LA), HxWx3 (RGB) or HxWx4 (RGBA) array atomically; the format follows the
+    extension."""
     path = Path(path)
     buf = io.BytesIO()
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
-           ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+    fmt = _format(path)
     options = {"compress_level": 1} if fmt == "PNG" else {}  # fast PNG: SR dumps are large
     Image.fromarray(np.ascontiguousarray(img)).save(buf, format=fmt, **options)
     atomic_write_bytes(path, buf.getvalue())

@@ -361,10 +361,20 @@ def load_pair(test_set: TestSet, pair: ImagePair,
         lr = _resize.imresize(hr, output_shape=want)
     try:
         write_image(path, lr)
-    except OSError as err:
-        warnings.warn(f"could not cache generated LR at {path} ({err}); set DSRNET_CACHE to a writable folder",
-                      stacklevel=2)
+    except (OSError, InputError) as err:  # the atomic writer reports an unwritable place as an InputError
+        _warn_uncached(path.parents[2], err)
     return hr, lr
+
+
+_UNCACHED: set[Path] = set()
+
+
+def _warn_uncached(cache_root: Path, err: Exception) -> None:
+    """Say once per cache folder that generated LR images are kept in memory only (slower on the next run)."""
+    if cache_root not in _UNCACHED:
+        _UNCACHED.add(cache_root)
+        warnings.warn(f"generated LR images are not cached ({err}); they are made again on every run: "
+                      "set DSRNET_CACHE to a writable folder", stacklevel=3)
 
 
 def list_input_images(path: str | os.PathLike) -> list[Path]:

@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dsrnet.errors import InputError
 from dsrnet.stopping import ignore_stop_signals
+from model import SCALES
 
 __all__ = ["TrainDataset", "StepSampler", "step_loader", "step_scale", "MULTI_SCALES"]
 
-MULTI_SCALES = (2, 3, 4)  # scale=0 trains all of these at once, as the authors do
+MULTI_SCALES = SCALES  # scale=0 trains all of these at once, as the authors do (solver.py imports this name)
 
 # Tags that keep the permutation and crop random streams apart: SeedSequence zero-pads
 # its entropy, so [seed, epoch] and [seed, epoch, 0] would otherwise be the same stream.

@@ -74,7 +74,8 @@ def find_resume(resume: str, ckpt_dir: Path, name: str, name_given: bool = True)
 # Flags that change the network's tensors: a checkpoint resumes only into the same ones.
 MODEL_FLAGS = ("model", "scale", "group")
 # Flags a resume may change, at the price of no longer matching an uninterrupted run.
-RUN_FLAGS = ("lr", "decay", "clip", "loss_fn", "batch_size", "patch_size", "seed", "gate", "amp",
+RUN_FLAGS = ("lr", "decay", "clip", "loss_fn", "batch_size", "patch_size", "seed", "gate", "gate_tau", "gate_tau_min",
+             "gate_lr_mult", "gate_penalty", "amp",
              "train_data_path", "deterministic")
 
 
@@ -92,6 +93,7 @@ def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: tor
             "gate_generator": net.wide_enhancement.gate_generator.get_state(),
             "rng": capture_rng_states(),
             "loss_sum": loss_sum, "loss_count": loss_count,  # the open log interval
+            "routed": dict(net.wide_enhancement.routed),  # and its learned-gate routing count
             "world_size": world,
         },
     }
@@ -129,6 +131,7 @@ def restore_training_state(path: Path, ckpt: dict, net: Net, optim: torch.optim.
             scaler.load_state_dict(state["grad_scaler"])
         net.wide_enhancement.gate_generator.set_state(state["gate_generator"])
         restore_rng_states(state["rng"])
+        net.wide_enhancement.routed.update(state.get("routed", {}))
         return int(ckpt["step"]), state["loss_sum"], state["loss_count"]
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"cannot resume {path}: its training state is damaged ({type(err).__name__}: "

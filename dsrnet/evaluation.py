@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -21,6 +21,7 @@ from dataset.io import atomic_write_bytes, write_image
 from dataset.layouts import ImagePair, TestSet, load_pair
 from dsrnet.errors import InputError
 from dsrnet.metrics import check_scorable, psnr_y, ssim_y
+from model.flops import flops_per_lr_pixel, upsampler_groups
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # LR uint8 HWC -> SR uint8 HWC
 
@@ -41,6 +42,8 @@ class ImageResult:
     psnr: float
     ssim: float
     seconds: float  # time spent in the upscaler alone
+    branch: str | None = None  # the gate branch this image took: selected, fixed, or mixed (DSRNet rows only)
+    gflops: float | None = None  # FLOPs of the forward passes that made it, whole image (DSRNet rows only)
 
 
 @dataclass
@@ -55,7 +58,9 @@ class SetResult:
     layout: str
     shave: int
     images: list[ImageResult] = field(default_factory=list)
-    gate_branches: dict[str, int] | None = None  # how often each branch ran (DSRNet rows only)
+    gate_branches: dict[str, int] | None = None  # forward passes that ran each branch (DSRNet rows only)
+    branches: dict[str, int] | None = None  # images per branch; they add up to n_images (DSRNet rows only)
+    gflops_per_image: float | None = None  # mean over the images (DSRNet rows only)
 
     def summary(self) -> dict:
         """The JSON row: everything but the per-image list."""
@@ -71,8 +76,6 @@ def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int |
     SR images are written as PNG under ``save_dir`` when given, with a per-image CSV beside them.
     """
     shave = test_set.scale if shave is None else shave
-    if shave < 0 or workers < 0:
-        raise InputError(f"--shave ({shave}) and --workers ({workers}) must be >= 0")
     start = time.perf_counter()
     bar = _progress(len(test_set.pairs), f"{method} {test_set.name} x{test_set.scale}", progress)
     try:
@@ -86,6 +89,21 @@ def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int |
                        layout=test_set.layout, shave=shave, images=images)
     if save_dir is not None:
         write_per_image_csv(save_dir / "per_image.csv", [result])
+    return result
+
+
+def evaluate_routed(upscale: Upscaler, net, test_set: TestSet, method: str, passes: int = 1,
+                    **how) -> SetResult:
+    """:func:`evaluate_set` for a DSRNet upscaler, adding how often each branch ran (``gate_branches``), each
+    image's branch and GFLOPs, and the branch counts over the images (``branches``); ``passes`` forwards
+    make one image (8 with self-ensemble)."""
+    net.wide_enhancement.branch_counts.clear()
+    routed = RoutedUpscaler(upscale, net, test_set.scale, passes)
+    result = evaluate_set(routed, test_set, method, **how)
+    result.gate_branches = dict(net.wide_enhancement.branch_counts)
+    routed.attach(result)
+    if how.get("save_dir") is not None:  # evaluate_set wrote it before the branches were known
+        write_per_image_csv(how["save_dir"] / "per_image.csv", [result])
     return result
 
 
@@ -138,24 +156,63 @@ def per_image_csv_beside(report: Path) -> Path:
 def write_per_image_csv(path: Path, results: list[SetResult]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["dataset", "scale", "method", "image", "psnr", "ssim", "seconds"])
+    writer.writerow(["dataset", "scale", "method", "image", "psnr", "ssim", "seconds", "branch", "gflops"])
     for r in results:
         for im in r.images:
             writer.writerow([r.dataset, r.scale, r.method, im.name, f"{im.psnr:.4f}", f"{im.ssim:.6f}",
-                             f"{im.seconds:.4f}"])
+                             f"{im.seconds:.4f}", im.branch or "", "" if im.gflops is None else f"{im.gflops:.3f}"])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def markdown_table(results: list[SetResult]) -> str:
-    """Rows of dataset x scale, one PSNR/SSIM column per method, as in the paper's tables."""
+    """Rows of dataset x scale, one PSNR/SSIM column per method, as in the paper's tables, then the mean
+    GFLOPs per image of each method that counts them (DSRNet's, by the branch each image took)."""
     methods = list(dict.fromkeys(r.method for r in results))
+    counted = list(dict.fromkeys(r.method for r in results if r.gflops_per_image is not None))
     keys = list(dict.fromkeys((r.dataset, r.scale) for r in results))
     cell = {(r.dataset, r.scale, r.method): f"{r.psnr:.2f} / {r.ssim:.4f}" for r in results}
-    lines = ["| dataset | scale | " + " | ".join(methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
+    cell.update({(r.dataset, r.scale, f"{r.method} GFLOPs/image"): f"{r.gflops_per_image:.1f}"
+                 for r in results if r.gflops_per_image is not None})
+    columns = methods + [f"{m} GFLOPs/image" for m in counted]
+    lines = ["| dataset | scale | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for ds, s in keys:
-        lines.append(f"| {ds} | x{s} | " + " | ".join(cell.get((ds, s, m), "") for m in methods) + " |")
+        lines.append(f"| {ds} | x{s} | " + " | ".join(cell.get((ds, s, m), "") for m in columns) + " |")
     return "\n".join(lines)
+
+
+class RoutedUpscaler:
+    """Wraps a DSRNet upscaler and records, per image, the gate branch it took and the FLOPs it cost.
+
+    The branch is read from the net's count of samples routed to each branch during the image: one branch,
+    or 'mixed' when its tiles or self-ensemble transforms went different ways (possible only in the
+    batch-wide 'sample'/'argmax' modes; the learned gate routes a whole image once). FLOPs are those of
+    whole-image forwards through that branch (x8 with self-ensemble; tiles' overlap not counted).
+    """
+
+    def __init__(self, upscale: Upscaler, net, scale: int, passes: int = 1):
+        self.upscale, self.routed, self.passes = upscale, net.wide_enhancement.routed, passes
+        group = upsampler_groups(net)
+        self.per_pixel = {b: flops_per_lr_pixel(scale, b, net.multi_scale, group) for b in ("selected", "fixed")}
+        self.images: list[tuple[str, float]] = []
+
+    def __call__(self, lr: np.ndarray) -> np.ndarray:
+        before = dict(self.routed)
+        sr = self.upscale(lr)
+        took = {b: self.routed[b] - before.get(b, 0) for b in self.per_pixel if self.routed[b] > before.get(b, 0)}
+        per_pixel = sum(self.per_pixel[b] * n for b, n in took.items()) / max(1, sum(took.values()))
+        branch = next(iter(took)) if len(took) == 1 else "mixed"
+        self.images.append((branch, per_pixel * lr.shape[0] * lr.shape[1] * self.passes / 1e9))
+        return sr
+
+    def attach(self, result: SetResult) -> None:
+        """Write the recorded branch and GFLOPs into ``result``'s images and its totals."""
+        for im, (branch, gflops) in zip(result.images, self.images, strict=True):
+            im.branch, im.gflops = branch, gflops
+        counts = Counter(branch for branch, _ in self.images)
+        result.branches = {"selected": counts.pop("selected", 0), "fixed": counts.pop("fixed", 0), **counts}
+        result.gflops_per_image = float(np.mean([g for _, g in self.images])) if self.images else 0.0
+        self.images = []
 
 
 class _NoBar:

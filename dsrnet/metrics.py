@@ -30,6 +30,19 @@ def to_uint8(img: torch.Tensor | np.ndarray, quantize: str = "truncate") -> np.n
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
+# ITU-R BT.601 luma weights; rgb_to_y's studio-range Y is 16 + 219/255 times this full-range luma.
+BT601 = (0.299, 0.587, 0.114)
+
+
+def luma(sr: torch.Tensor) -> torch.Tensor:
+    """Full-range BT.601 luma of a 3xHxW float RGB tensor, as 1xHxW: the gray image of an SR made from a gray LR.
+
+    It is the channel mix that PSNR-Y scores (up to Y's affine range), so a gray output keeps the RGB output's Y.
+    """
+    weights = torch.tensor(BT601, dtype=sr.dtype, device=sr.device).view(3, 1, 1)
+    return (sr * weights).sum(dim=0, keepdim=True)
+
+
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma of a uint8 RGB image, rounded to integers as MATLAB's rgb2ycbcr does."""
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:

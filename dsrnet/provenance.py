@@ -37,6 +37,8 @@ def environment() -> dict:
     import numpy
     import torch
 
+    from model.inference import tf32_enabled
+
     return {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "git_commit": git_commit(),
@@ -49,5 +51,5 @@ def environment() -> dict:
         "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
         "threads": torch.get_num_threads(),
         # cuDNN's float32 convolutions in TF32 (PyTorch's default on Ampere+; sample.py turns it off)
-        "cudnn_tf32": torch.backends.cudnn.allow_tf32 if torch.cuda.is_available() else None,
+        "cudnn_tf32": tf32_enabled() if torch.cuda.is_available() else None,
     }

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from model.dsrnet import GATE_MODES, Net, checkpoint_filter_fn, infer_scale, is_authors_state_dict
+from model.dsrnet import GATE_MODES, SCALES, Net, checkpoint_filter_fn, infer_scale, is_authors_state_dict
 from model.inference import fast_memory_format
 
-__all__ = ["CheckpointError", "Net", "GATE_MODES", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
+__all__ = ["CheckpointError", "Net", "GATE_MODES", "SCALES", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
 
 
 class CheckpointError(ValueError):

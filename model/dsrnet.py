@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -35,7 +36,10 @@ SCALES = (2, 3, 4)
 #   sample:   the authors' behaviour: hard Gumbel-softmax per sample, "fixed" only when every sample
 #             of the batch chose it. Seeded through the net's own generator, hence reproducible.
 #   argmax:   the gate's noise-free decision, batch-wide like "sample".
-GATE_MODES = ("selected", "fixed", "sample", "argmax")
+#   learned:  not the authors': each sample routes itself. In training a hard Gumbel-softmax with a
+#             straight-through gradient (the gate learns); in eval mode the noise-free argmax per image,
+#             running only the branch each image chose.
+GATE_MODES = ("selected", "fixed", "sample", "argmax", "learned")
 
 
 def _relu_conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +50,7 @@ class Gate(nn.Module):
     """avgpool -> FC 64->16 -> ReLU -> FC 16->2. Logit 1 votes for the fixed branch.
 
     fc2's bias starts at [0.1, 2.0]; the authors' gate is detached from the loss, so it never
-    learns and the released x2 weights still hold exactly that bias.
+    learns and the released x2 weights still hold exactly that bias (only the 'learned' mode trains it).
     """
 
     def __init__(self, channels: int = FEATURES, reduction: int = 4):
@@ -57,7 +61,11 @@ class Gate(nn.Module):
             self.fc2.bias.copy_(torch.tensor([0.1, 2.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
+        return self.classify(x.mean(dim=(2, 3)))
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits from the already pooled N x C features (a tiled image pools tile by tile)."""
+        return self.fc2(F.relu(self.fc1(pooled)))
 
 
 class ResidualEnhancement(nn.Module):
@@ -97,6 +105,14 @@ class WideEnhancement(nn.Module):
         # Under DDP each rank sees a shard of the batch; the solver installs an all-reduce here so
         # that the batch-wide decision covers the global batch and every rank runs the same branch.
         self.combine_votes: Callable[[bool], bool] | None = None
+        # 'learned' only: the Gumbel-softmax temperature (the solver anneals it; the forward pass does not
+        # depend on it, only the gate's gradient does), this rank's share of the global batch, so that sample
+        # k draws the same noise whatever the number of DDP ranks, and a decision imposed on every sample
+        # (model.inference routes a tiled image as a whole).
+        self.gate_tau = 1.0
+        self.noise_shard = (0, 1)
+        self.forced: str | None = None
+        self.route: torch.Tensor | None = None  # the last learned training forward's straight-through one-hot
         self.set_gate(gate_mode, gate_seed)
 
     def set_gate(self, mode: str, seed: int | None = None) -> None:
@@ -106,7 +122,8 @@ class WideEnhancement(nn.Module):
         self.gate_mode = mode
         if seed is not None:
             self.gate_generator.manual_seed(seed)
-        self.branch_counts: Counter[str] = Counter()
+        self.branch_counts: Counter[str] = Counter()  # forwards that ran each branch (a batch counts once)
+        self.routed: Counter[str] = Counter()  # samples routed to each branch
 
     def choose_branch(self, x6: torch.Tensor) -> str:
         """One decision for the whole batch, as the authors' `all samples chose index 1` rule."""
@@ -122,14 +139,86 @@ class WideEnhancement(nn.Module):
             fixed = self.combine_votes(fixed)
         return "fixed" if fixed else "selected"
 
+    def gate_logits(self, x6: torch.Tensor) -> torch.Tensor:
+        """The gate's float32 logits, outside autocast: a bf16 gate could flip near-tied decisions."""
+        with torch.autocast(x6.device.type, enabled=False):
+            return self.gate(x6.float())
+
+    def learned_route(self, x6: torch.Tensor) -> torch.Tensor:
+        """Per-sample one-hot (N x 2, float32) of the learned gate.
+
+        Training: hard Gumbel-softmax at temperature ``gate_tau`` whose gradient is the soft sample's
+        (straight-through); ``hard + (soft - soft.detach())`` is exactly 0 or 1 in the forward pass, so
+        each sample's output is exactly its branch's. Eval: the noise-free argmax, no gradient.
+        """
+        logits = self.gate_logits(x6)
+        if not self.training:
+            return F.one_hot(logits.argmax(dim=1), 2).float()
+        rank, world = self.noise_shard
+        n = logits.shape[0]
+        u = torch.empty(n * world, 2).exponential_(generator=self.gate_generator)[rank * n:(rank + 1) * n]
+        soft = F.softmax((logits - u.log().to(logits.device)) / self.gate_tau, dim=1)
+        hard = F.one_hot(soft.argmax(dim=1), 2).to(soft.dtype)
+        return hard + (soft - soft.detach())
+
+    @contextmanager
+    def force(self, branch: str) -> Iterator[None]:
+        """Route every sample of the learned gate to ``branch`` inside the block."""
+        self.forced = branch
+        try:
+            yield
+        finally:
+            self.forced = None
+
+    def _learned(self, x6: torch.Tensor) -> torch.Tensor:
+        """The branches' output with per-sample routing: both branches mixed by the one-hot in training (so
+        the gate gets a gradient), and in eval each branch run only on the samples that chose it."""
+        if self.forced is not None:
+            self._count(self.forced, x6.shape[0])
+            return (self.fixed_branch if self.forced == "fixed" else self.selected_branch)(x6)
+        route = self.learned_route(x6)
+        picks = route.detach().argmax(dim=1)
+        if self.training:
+            self.route = route
+            self._count_picks(picks)
+            w = route.to(x6.dtype).view(-1, 2, 1, 1)
+            return w[:, 0:1] * self.selected_branch(x6) + w[:, 1:2] * self.fixed_branch(x6)
+        if torch.onnx.is_in_onnx_export():  # a static graph: both branches, each sample keeps its own
+            return torch.where(picks.view(-1, 1, 1, 1) == 1, self.fixed_branch(x6), self.selected_branch(x6))
+        self._count_picks(picks)
+        if bool((picks == picks[0]).all()):
+            return (self.fixed_branch if int(picks[0]) == 1 else self.selected_branch)(x6)
+        out = torch.empty_like(x6)
+        for k, branch in enumerate((self.selected_branch, self.fixed_branch)):
+            idx = (picks == k).nonzero().flatten()
+            if idx.numel():
+                out[idx] = branch(x6[idx])
+        return out
+
+    def _count(self, choice: str, n: int) -> None:
+        if not torch.compiler.is_compiling():  # a Python-side count would make dynamo retrace every call
+            self.branch_counts[choice] += 1
+            self.routed[choice] += n
+
+    def _count_picks(self, picks: torch.Tensor) -> None:
+        n_fixed = int(picks.sum())
+        for choice, n in (("selected", picks.numel() - n_fixed), ("fixed", n_fixed)):
+            if n:
+                self._count(choice, n)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x6 = conv6(conv5(x)): what the gate pools and both branches read."""
+        return _relu_conv(self.conv6, _relu_conv(self.conv5, x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x6 = _relu_conv(self.conv6, _relu_conv(self.conv5, x))
+        x6 = self.features(x)
         x10 = _relu_conv(self.conv7, x6)
         for _ in range(3):
             x10 = _relu_conv(self.conv8, x10)
+        if self.gate_mode == "learned":
+            return x10 + self._learned(x6)
         choice = self.choose_branch(x6)
-        if not torch.compiler.is_compiling():  # a Python-side count would make dynamo retrace every call
-            self.branch_counts[choice] += 1
+        self._count(choice, x6.shape[0])
         branch = self.fixed_branch if choice == "fixed" else self.selected_branch
         return x10 + branch(x6)
 
@@ -190,6 +279,10 @@ class Net(nn.Module):
 
     def set_gate(self, mode: str, seed: int | None = None) -> None:
         self.wide_enhancement.set_gate(mode, seed)
+
+    def gate_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the gate pools (x6) for an RGB input: the first half of the forward pass."""
+        return self.wide_enhancement.features(self.residual_enhancement(self.sub_mean(x))[2])
 
     def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
         if self.multi_scale:

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.inference import autocast_enabled
+
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
@@ -44,7 +46,7 @@ class MeanShift(nn.Module):
         self.shifter.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+        if autocast_enabled(x.device):
             with torch.autocast(x.device.type, enabled=False):
                 return self.shifter(x.float())
         return self.shifter(x)

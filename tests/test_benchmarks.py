@@ -4,6 +4,8 @@ Speed itself is never asserted here (see benchmarks/); only that every float32 p
 authors' eager forward computes, and that the reports hold what was printed.
 """
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -43,8 +45,9 @@ def test_end_to_end_loops_agree(weights_x2, benchmark_dir, tmp_path, capsys):
                     "--report", str(tmp_path / "e2e.md")])
     rows = _rows((tmp_path / "e2e.md").read_text())
     psnrs = {name: cells[-1] for name, cells in rows.items()}
+    # the loops agree with each other; the value itself is pinned once, in test_paper.py
     assert psnrs["authors' loop as written (autograd on)"] == psnrs["authors' loop under no_grad"] == \
-        psnrs["sample.py"] == "37.4862"
+        psnrs["sample.py"] != "-"
     assert any(name.startswith("the default path's forwards alone") and p == "-" for name, p in psnrs.items())
 
 
@@ -88,17 +91,39 @@ def test_training_benchmark_reports_every_loop(tmp_path, capsys):
     assert report.read_text() == printed
     rows = _rows(report.read_text())
     assert "naive (inline data, NCHW, fp32)" in rows and "Solver (0 workers, fp32)" in rows
-    assert rows["naive (inline data, NCHW, fp32)"][-1] == "1.00x"
-    assert all(float(cells[0]) > 0 for cells in rows.values())
+    naive = float(rows["naive (inline data, NCHW, fp32)"][0])
+    for name, (steps, samples, ratio) in rows.items():  # the columns agree (to their printed rounding)
+        steps, samples, ratio = float(steps), float(samples), float(ratio.rstrip("x"))
+        assert samples == pytest.approx(2 * steps, abs=0.011 + 0.05), name
+        assert ratio == pytest.approx(steps / naive, abs=0.006 + 0.005 * (1 + ratio) / min(steps, naive)), name
 
 
-def test_provenance_flags_uncommitted_changes(monkeypatch):
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")
+def test_provenance_reads_git(monkeypatch, tmp_path):
+    """A clean checkout, one with a changed tracked file, a folder outside any repository, and no git at all."""
     from dsrnet import provenance
 
-    for status, dirty in (("", False), (" M solver.py", True), (None, None)):
-        monkeypatch.setattr(provenance, "_git", lambda *args, s=status: s)
-        assert provenance.git_dirty() is dirty
-    assert provenance.environment()["git_dirty"] is None  # git itself unavailable here
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path / "repo",
+                       check=True, capture_output=True)
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "a.txt").write_text("a")
+    git("init", "-q")
+    git("add", "a.txt")
+    git("commit", "-qm", "a")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path / "repo")
+    assert len(provenance.git_commit()) == 40 and provenance.git_dirty() is False
+    (tmp_path / "repo" / "a.txt").write_text("b")
+    assert provenance.git_dirty() is True
+    (tmp_path / "repo" / "new.txt").write_text("untracked files are not counted")
+    git("checkout", "a.txt")
+    assert provenance.git_dirty() is False
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)  # not a repository (tmp_path lies outside this one)
+    assert (provenance.git_commit(), provenance.git_dirty()) == (None, None)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no git command
+    env = provenance.environment()
+    assert (env["git_commit"], env["git_dirty"]) == (None, None)
 
 
 def test_reports_name_the_commit_and_its_uncommitted_changes():

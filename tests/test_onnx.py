@@ -81,9 +81,25 @@ def test_cli_check_on_a_multi_scale_checkpoint(random_ckpts, tmp_path, monkeypat
 def test_cli_bad_input(random_ckpts, tmp_path, args, message):
     with pytest.raises(USER_ERRORS, match=message):
         export_onnx.main(["--ckpt_path", str(random_ckpts / "x2.pth"), "--output", str(tmp_path / "o.onnx"), *args])
-    with pytest.raises(USER_ERRORS, match="multi-scale checkpoint"):
-        export_onnx.main(["--ckpt_path", str(random_ckpts / "ms.pth")])
     assert not list(tmp_path.iterdir())
+
+
+def test_multi_scale_needs_a_scale(random_ckpts, tmp_path):
+    with pytest.raises(USER_ERRORS, match="multi-scale checkpoint: pass --scale 2, 3 or 4"):
+        export_onnx.main(["--ckpt_path", str(random_ckpts / "ms.pth"), "--output", str(tmp_path / "o.onnx")])
+    assert not list(tmp_path.iterdir())
+
+
+def test_check_over_tolerance_exits_1(random_ckpts, tmp_path, monkeypatch, capsys):
+    """--check measures, prints, and fails the command when ONNX Runtime strays past the tolerance."""
+    monkeypatch.setattr(export_onnx, "check", lambda *args, **kwargs: 2 * TOLERANCE)
+    with pytest.raises(SystemExit) as stop:
+        export_onnx.main(["--ckpt_path", str(random_ckpts / "x2.pth"), "--output", str(tmp_path / "o.onnx"),
+                          "--check", "--speed_size", "8"])
+    assert stop.value.code == 1
+    out, err = capsys.readouterr()
+    assert f"max |onnxruntime - pytorch| = {2 * TOLERANCE:.2e}" in out
+    assert err == f"error: ONNX Runtime differs from PyTorch by {2 * TOLERANCE:.2e} > {TOLERANCE:g}\n"
 
 
 @pytest.mark.parametrize("args, message", [

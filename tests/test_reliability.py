@@ -6,6 +6,7 @@ CLI behaviour is checked through real processes (``x2/train.py``, ``demo.py``) o
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -236,7 +237,8 @@ def test_a_full_disk_at_a_checkpoint_ends_in_one_line_keeping_the_last_one(pack,
     ckpt_dir = tmp_path / "ck"
     proc = subprocess.Popen([sys.executable, str(driver), str(TRAIN), "--train_data_path", str(pack), "--ckpt_dir",
                              str(ckpt_dir), *TINY, "--max_steps", "6", "--print_interval", "2", "--num_workers", "0"],
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     err = one_error_line(proc)
     assert "the disk is full" in err and f"{ckpt_dir / 'dsrnet_x2_2.pth'} is intact" in err and "--resume" in err
     assert sorted(p.name for p in ckpt_dir.glob("*.pth")) == ["dsrnet_x2_2.pth"]
@@ -267,3 +269,13 @@ def test_a_full_disk_anywhere_else_is_one_line(capsys):
     assert len(err.strip().splitlines()) == 1 and "--resume" in err
     with pytest.raises(PermissionError):  # any other OSError is not disguised
         run_cli(lambda: fail(errno.EACCES))
+
+
+def test_a_folder_that_cannot_be_locked_is_trained_in_with_a_note(pack, tmp_path, monkeypatch, capsys):
+    def no_locks(*_args) -> None:  # some network file systems
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    solver = Solver(parse_args(["--train_data_path", str(pack), "--ckpt_dir", str(tmp_path), *TINY,
+                                "--max_steps", "1", "--num_workers", "0"]))
+    assert not solver.lock.guarded and "cannot be locked on this system" in capsys.readouterr().out
+    solver.lock.release()

@@ -1,5 +1,7 @@
 """sample.py as a user runs it: reports, SR images, tiles, self-ensemble, HR-less input, error paths."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +13,16 @@ import torch
 import sample
 from dataset.io import read_image, write_image
 from dsrnet.errors import USER_ERRORS, InputError
-from model import Net
+from dsrnet.metrics import psnr_y
+from model import Net, load_checkpoint
+from model.inference import super_resolve, tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "sample.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+                          cwd=ROOT, timeout=300, env=env, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_deterministic_default(weights_x2, small_set, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # PyTorch's default; restored afterwards
     args = ["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--no_save", "--quiet"]
     first, second = sample.main(args), sample.main(args)
-    assert [(r.psnr, r.ssim) for r in first] == [(r.psnr, r.ssim) for r in second]
+    assert [(i.psnr, i.ssim) for i in first[0].images] == [(i.psnr, i.ssim) for i in second[0].images]
     assert torch.backends.cudnn.allow_tf32 is False  # on an Ampere+ GPU, float32 convs must not be TF32
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="--tf32 needs an Ampere or newer GPU"):
@@ -67,6 +71,26 @@ def test_deterministic_default(weights_x2, small_set, tmp_path, monkeypatch):
     monkeypatch.setattr(sample, "tf32_supported", lambda device: True)  # as on an Ampere+ GPU
     sample.main(args + ["--tf32"])
     assert torch.backends.cudnn.allow_tf32 is True
+
+
+def test_quantisation_end_to_end(weights_x2, small_set, tmp_path):
+    """Saved SR images and scores are the float output truncated (the authors' ``.byte()``) by default and
+    with --quantize truncate, rounded with --quantize round, and the two differ on these images."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # sample.py's default device
+    net = load_checkpoint(weights_x2, device=device)
+    lr, hr = read_image(small_set / "LR_bicubic" / "X2" / "img_001x2.png"), read_image(small_set / "HR" / "img_001.png")
+    with tf32(False):
+        sr = super_resolve(net, lr, 2).mul(255).clamp(0, 255).permute(1, 2, 0).cpu()
+    want = {"truncate": sr.floor().byte().numpy(), "round": sr.add(0.5).floor().byte().numpy()}
+    assert (want["truncate"] != want["round"]).mean() > 0.1
+    assert psnr_y(want["truncate"], hr, 2) != psnr_y(want["round"], hr, 2)
+    for mode in (None, "truncate", "round"):
+        out = tmp_path / str(mode)
+        [r] = sample.main(["--ckpt_path", str(weights_x2), "--test_data_dir", str(small_set), "--sample_dir",
+                           str(out), "--quiet", *(["--quantize", mode] if mode else [])])
+        [saved] = [p for p in out.rglob("*_SR.png") if p.name.startswith("img_001")]
+        assert np.array_equal(read_image(saved), want[mode or "truncate"]), mode
+        assert r.images[0].name == "img_001" and r.images[0].psnr == psnr_y(want[mode or "truncate"], hr, 2)
 
 
 def test_tiles_match_whole_image(weights_x2, small_set):
@@ -131,6 +155,23 @@ def test_cli_errors(weights_x2, small_set, tmp_path):
                     "x4", "--scale 4")
     _one_line_error(run_cli("--ckpt_path", str(weights_x2), "--scale", "3", "--test_data_dir", str(small_set)),
                     "x2")
+    no_gpu = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    _one_line_error(run_cli("--cuda", "--bicubic", "--scale", "2", "--test_data_dir", str(small_set), env=no_gpu),
+                    "--cuda", "no CUDA device")
+    _one_line_error(run_cli("--model", "edsr", "--bicubic", "--scale", "2", "--test_data_dir", str(small_set)),
+                    "unknown --model 'edsr'")
+
+
+def test_no_test_sets_found(tmp_path):
+    """Without --test_data_dir, sample.py looks under the checkout's dataset/benchmark/: a copy of the code
+    where that is absent must say so rather than report nothing."""
+    code = [ROOT / "sample.py", *(f for pkg in ("dataset", "dsrnet", "model") for f in (ROOT / pkg).rglob("*.py"))]
+    for path in code:
+        (tmp_path / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / path.relative_to(ROOT))
+    proc = subprocess.run([sys.executable, str(tmp_path / "sample.py"), "--bicubic", "--scale", "2", "--no_save"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    _one_line_error(proc, "no test sets: pass --test_data_dir")
 
 
 def test_cli_corrupt_image(weights_x2, small_set, tmp_path):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -23,10 +25,11 @@ import sample
 import solver as solver_module
 from dataset.imresize import imresize
 from dataset.io import write_image
+from dataset.train_data import StepSampler
 from dsrnet.errors import InputError
+from dsrnet.rng import capture_rng_states, restore_rng_states
 from model import load_checkpoint, read_checkpoint
 from model.inference import bf16_supported
-from dataset.train_data import StepSampler
 from solver import Solver, get_lr, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,10 +197,75 @@ def test_a_stop_before_the_first_log_row_starts_a_fresh_log(data, tmp_path):
     assert [r["step"] for r in log_rows(ck)] == ["4"]
 
 
-def test_resume_notes_a_changed_deterministic_flag_only_where_it_matters(data, tmp_path, capsys):
+def test_resume_notes_changed_settings_but_not_deterministic_on_cpu(data, tmp_path, capsys):
     make(data, tmp_path, "--max_steps", "2").fit()
-    make(data, tmp_path, "--max_steps", "4", "--resume", "--deterministic").fit()
-    assert "resuming with changed" not in capsys.readouterr().out  # CPU runs are deterministic anyway
+    capsys.readouterr()
+    make(data, tmp_path, "--max_steps", "4", "--resume", "--deterministic", "--lr", "2e-4")
+    out = capsys.readouterr().out
+    assert "note: resuming with changed --lr 0.0001 -> 0.0002: the run no longer matches" in out
+    if not torch.cuda.is_available():
+        assert "--deterministic" not in out  # CPU runs are deterministic anyway
+    make(data, tmp_path, "--max_steps", "4", "--resume")
+    assert "resuming with changed" not in capsys.readouterr().out
+
+
+def _draw_every_rng(gate: torch.Generator) -> list:
+    """One draw from each RNG a resumed run relies on; the CUDA ones where there are GPUs."""
+    draws = [torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.standard_normal(),
+             random.random(), random.gauss(0, 1), torch.rand(3, generator=gate).tolist()]
+    return draws + [torch.rand(3, device=f"cuda:{i}").tolist() for i in range(torch.cuda.device_count())]
+
+
+def _scramble_every_rng(seed: int = 12345) -> None:
+    torch.manual_seed(seed)  # also every GPU's
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def test_rng_states_round_trip_exactly_through_a_checkpoint_file(tmp_path):
+    """Every global RNG, mid-stream (numpy's and python's cached Gaussians included), saved as a checkpoint
+    holds it (loadable with weights_only) and restored, continues exactly where it was."""
+    _scramble_every_rng(7)
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's legacy state
+    random.gauss(0, 1)  # and in python's
+    torch.save({"rng": capture_rng_states()}, tmp_path / "rng.pth")
+    gate = torch.Generator().manual_seed(3)
+    expected = _draw_every_rng(gate)
+    _scramble_every_rng()
+    restore_rng_states(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    assert _draw_every_rng(gate.manual_seed(3)) == expected
+
+
+def test_a_resumed_run_draws_what_the_uninterrupted_one_would(data, tmp_path):
+    """After resuming, each RNG (global torch, numpy, python, the gate's generator, CUDA where present)
+    continues from its saved state, whatever this process did with it before."""
+    first = make(data, tmp_path, "--max_steps", "2")
+    first.fit()  # saves at step 2; nothing draws after the save
+    expected = _draw_every_rng(first.net.wide_enhancement.gate_generator)
+    _scramble_every_rng()
+    resumed = make(data, tmp_path, "--max_steps", "4", "--resume")
+    assert _draw_every_rng(resumed.net.wide_enhancement.gate_generator) == expected
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_143(data, tmp_path):
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "x2" / "train.py"), "--train_data_path", str(data["h5"]),
+                             "--ckpt_dir", str(ck), *TINY, "--log_interval", "1", "--max_steps", "100000"],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (ck / "log.csv").is_file() or len((ck / "log.csv").read_text().splitlines()) < 2:  # training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    [saved] = [p for p in ck.glob("dsrnet_x2_*.pth") if p.stem.rsplit("_", 1)[1].isdigit()]
+    step = read_checkpoint(saved)["step"]
+    assert step >= 1 and f"stopped by SIGTERM at step {step}" in out + err
 
 
 def test_resume_is_bit_exact_after_signal_and_from_any_checkpoint(data, tmp_path):

@@ -126,9 +126,10 @@ def test_sample_is_a_function_of_seed_and_counter(photos_h5):
     a = TrainDataset(photos_h5, 10, 0, seed=5)
     b = TrainDataset(photos_h5, 10, 0, seed=5, in_memory=True)
     counters = [0, 1, 2, 3, 7, 1000, 10**12]
+    first = a[7]
     for i in counters:
         assert _same(a[i], b[i])
-    assert _same(a[7], a[7])  # reading again (after other epochs) changes nothing
+    assert _same(a[7], first)  # reading again, after other epochs, changes nothing
     lrs = [a[i][0][1] for i in counters]
     assert all(not lrs[j].equal(lrs[k]) for j in range(len(lrs)) for k in range(j))
     other_seed = TrainDataset(photos_h5, 10, 0, seed=6)

@@ -63,7 +63,7 @@ def test_load_comparison_reads_hr_sr_and_scores(run):
     assert [p.label for p in cmp.panels] == ["Bicubic", "DSRNet (fresh)"]
     report = {r["method"]: r for r in json.loads((run / "run.json").read_text())["results"]}
     scores = [line.split(",") for line in (run / "run_per_image.csv").read_text().splitlines()[1:]]
-    assert {(m, n): float(p) for _, _, m, n, p, _, _ in scores}[("Bicubic", "coffee")] == pytest.approx(
+    assert {(m, n): float(p) for _, _, m, n, p, *_ in scores}[("Bicubic", "coffee")] == pytest.approx(
         cmp.panels[0].psnr)
     assert report["Bicubic"]["n_images"] == 2
     out = visualize.comparison_figure(cmp, run / "box.png", box=(10, 10, 30, 20))

@@ -25,19 +25,18 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from dataset.io import atomic_write_bytes, ensure_writable
 from dsrnet.cli import HelpFormatter, pick_device
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment, git_description
-from model import Net, file_sha256, load_checkpoint, read_checkpoint, scale_name
+from model import SCALES, Net, file_sha256, load_checkpoint, read_checkpoint, scale_name
+from model.flops import count_flops, meta_net
 from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32
-from tools.benchmarks.report import require_at_least
+from tools.benchmarks.report import WEIGHTS_CANDIDATES, require_at_least
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SCALES = (2, 3, 4)
 BRANCHES = ("selected", "fixed")
 # The paper: Table 7 (x2, "256x256") and Table 8 (x4 runtime in ms at HR 256/512/1024, their GPU).
 PAPER_PARAMS = 746_100
@@ -45,8 +44,6 @@ PAPER_FLOPS = 49.25e9
 PAPER_MEMORY_MB = 710.8
 PAPER_RUNTIME_MS = {256: 5.971, 512: 22.96, 1024: 105.3}
 TABLE7_SIZE = 256
-DEFAULT_CKPTS = (ROOT / "checkpoint" / "DSRNet_x2_600000.pth",
-                 ROOT.parent / "shared" / "weights" / "DSRNet_x2_600000.pth")
 
 # Parameter groups by name prefix; every other parameter (conv1-conv8, conv11-conv17) runs in all modes.
 GROUPS = {
@@ -94,27 +91,6 @@ def used_parameter_names(net: Net, scale: int | None = None) -> set[str]:
         for h in hooks:
             h.remove()
     return {f"{m}.{n}".lstrip(".") for m in called for n, _ in net.get_submodule(m).named_parameters(recurse=False)}
-
-
-def count_flops(net: torch.nn.Module, lr_hw: tuple[int, int], scale: int | None = None) -> tuple[int, int]:
-    """(FLOPs, MACs) of one forward on a 1x3xHxW LR input.
-
-    FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions and matmuls and nothing for
-    biases, ReLU, additions and pixel shuffle (about 0.1% more here), so MACs = FLOPs / 2. On a
-    meta-device net (``with torch.device("meta"): Net(...)``) this costs no arithmetic at all.
-    """
-    p = next(net.parameters())
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net(torch.zeros(1, 3, *lr_hw, device=p.device, dtype=p.dtype), scale)
-    flops = counter.get_total_flops()
-    return flops, flops // 2
-
-
-def meta_net(scale: int, gate: str = "selected") -> Net:
-    """A weightless Net of the right shapes: for counting parameters and FLOPs for free."""
-    with torch.device("meta"):
-        return Net(scale=scale, gate_mode=gate)
 
 
 def parameter_rows(net: Net, scale: int) -> list[tuple[str, int]]:
@@ -426,7 +402,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         torch.cuda.set_device(torch.device(cfg.device))  # the memory figures and synchronize() follow it
     set_tf32(False)  # "fp32" rows are IEEE float32, not cuDNN's default TF32
     ensure_writable(cfg.report)
-    ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path else next((c for c in DEFAULT_CKPTS if c.is_file()), None)
+    ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path else next((c for c in WEIGHTS_CANDIDATES if c.is_file()), None)
     if ckpt and (held := read_checkpoint(ckpt)["scale"]) != 2:
         raise InputError(f"{ckpt} holds a {scale_name(held)} model; complexity.py reads only x2 weights "
                          "(x3/x4 are counted on random ones): pass --ckpt_path to DSRNet_x2_600000.pth")

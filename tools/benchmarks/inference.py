@@ -44,19 +44,14 @@ from model.inference import (
 )
 from model.reference import reference_forward
 from tools.benchmarks.complexity import count_flops, meta_net
-from tools.benchmarks.report import printed_to, provenance, require_at_least
-
-ROOT = Path(__file__).resolve().parents[2]
+from tools.benchmarks.report import WEIGHTS_CANDIDATES, printed_to, provenance, require_at_least
 
 BF16_PATH = "sample.py --bf16 (opt-in)"
 TF32_PATH = "sample.py --tf32 (opt-in, CUDA)"
-DEFAULT_WEIGHTS = [ROOT / "checkpoint" / "DSRNet_x2_600000.pth",
-                   ROOT.parent / "shared" / "weights" / "DSRNet_x2_600000.pth"]
-
 
 def find_weights(path: str | None) -> Path:
     """``path`` or the first default that exists, checked to be a readable x2 checkpoint."""
-    candidates = [Path(path)] if path else DEFAULT_WEIGHTS
+    candidates = [Path(path)] if path else WEIGHTS_CANDIDATES
     for c in candidates:
         if c.is_file():
             held = read_checkpoint(c)["scale"]

@@ -21,7 +21,7 @@ from dataset.io import ensure_writable
 from dsrnet.cli import HelpFormatter, pick_device
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
-from model.dsrnet import Net
+from model.dsrnet import SCALES, Net
 from model.inference import bf16_supported, tf32
 from tools.benchmarks.inference import interleaved
 from tools.benchmarks.report import printed_to, provenance, require_at_least
@@ -58,7 +58,7 @@ def layout_times(scale: int, hr: int, precision: str, device: torch.device, roun
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--scales", type=int, nargs="+", choices=(2, 3, 4), default=[2, 3, 4], help="scales to time")
+    p.add_argument("--scales", type=int, nargs="+", choices=SCALES, default=list(SCALES), help="scales to time")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="HR sizes (square)")
     p.add_argument("--rounds", type=int, help="timed rounds (default 20 on CUDA, 3 on CPU)")
     p.add_argument("--warmup", type=int, help="untimed rounds first (default 5 on CUDA, 1 on CPU)")

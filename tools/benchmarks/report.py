@@ -11,8 +11,13 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from dataset.io import atomic_write_bytes
+from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.errors import InputError
 from dsrnet.provenance import git_description
+
+
+# The authors' x2 file where users put it, then where CI keeps it (../shared, outside the repository).
+WEIGHTS_CANDIDATES = (AUTHORS_WEIGHTS, ROOT.parent / "shared" / "weights" / AUTHORS_WEIGHTS.name)
 
 
 class _Tee(io.TextIOBase):

@@ -26,7 +26,7 @@ from dataset.train_data import TrainDataset
 from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
-from model import Net
+from model import SCALES, Net
 from model.inference import bf16_supported
 from solver import Solver, parse_args
 from tools.benchmarks.report import printed_to, provenance, require_at_least
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num_workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_training.md)")
     cfg = p.parse_args(argv)
-    if cfg.scale not in (2, 3, 4):
-        raise InputError(f"--scale must be 2, 3 or 4, got {cfg.scale}")
+    if cfg.scale not in SCALES:
+        raise InputError(f"--scale must be {', '.join(map(str, SCALES[:-1]))} or {SCALES[-1]}, got {cfg.scale}")
     require_at_least(cfg, batch_size=1, patch_size=1, steps=1, warmup=1, num_workers=0)
     if cfg.report:
         ensure_writable(cfg.report)

@@ -1,0 +1,46 @@
+"""sample.py's report, written in one place: results JSON (settings, provenance), markdown summary, per-image CSV."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dataset.io import atomic_write_bytes, ensure_writable
+from dsrnet.evaluation import SetResult, per_image_csv_beside, write_per_image_csv
+from dsrnet.provenance import environment
+from model import file_sha256
+
+
+def report_paths(report: Path) -> tuple[Path, Path, Path]:
+    """The JSON, its markdown summary and its per-image CSV."""
+    return report, report.with_suffix(".md"), per_image_csv_beside(report)
+
+
+def check_report_writable(report: Path) -> None:
+    """All three files, before any work, so that a report is never left in part."""
+    for path in report_paths(report):
+        ensure_writable(path)
+
+
+def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[str]) -> dict:
+    """How the results were made: the flags that change scores, and where the images are."""
+    return {
+        "checkpoint": str(ckpt) if ckpt else None,
+        "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
+        "gate_mode": cfg.gate, "seed": cfg.seed, "quantize": cfg.quantize,
+        "shave": "scale" if cfg.shave is None else cfg.shave,
+        "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tf32": cfg.tf32,
+        "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
+        # Where the HR and the saved SR images are, so visualize.py can draw from the report alone.
+        "test_data_dirs": [str(Path(d).resolve()) for d in test_dirs],
+        "sr_dir": None if cfg.no_save else str((Path(cfg.sample_dir) / (ckpt.stem if ckpt else "bicubic")).resolve()),
+    }
+
+
+def write_report(report: Path, results: list[SetResult], settings: dict, table: str) -> None:
+    """JSON with results + settings + provenance, a markdown summary and a per-image CSV, each atomic."""
+    json_path, md_path, csv_path = report_paths(report)
+    doc = {"results": [r.summary() for r in results], "settings": settings, "environment": environment()}
+    atomic_write_bytes(json_path, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_bytes(md_path, (table + "\n").encode())
+    write_per_image_csv(csv_path, results)

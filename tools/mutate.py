@@ -1,0 +1,199 @@
+"""Mutation check: break the code on purpose, one mutation at a time, and see whether the tests notice.
+
+    python -m tools.mutate                      # every mutation below, on this checkout
+    python -m tools.mutate --repo /work/other   # on another checkout (e.g. an older commit's worktree)
+    python -m tools.mutate --only tile --list   # names matching 'tile', without running anything
+
+Not part of CI (it runs the matching test files once per mutation: minutes). The tracked files of the
+checkout are copied into a scratch folder beside the checkout, next to a ``shared`` link, so that the
+tests still find ``../shared``; each mutation replaces one exact text in one file of that copy, runs its
+test files with ``-x``, and puts the file back. A mutation whose old text is not found exactly once is
+reported as ``stale`` (the code moved on: update the list); test files the checkout lacks are left out.
+
+Outcomes: ``caught`` (a test failed), ``SURVIVED`` (all passed), ``error`` (pytest could not even
+collect: caught, but by an import error rather than an assertion), ``timeout``, ``stale``, ``no tests``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    select: str | None = None  # a pytest -k expression, to keep long test files bounded
+    why: str = field(default="", compare=False)
+
+
+# Test files run in the order given, with -x: the likeliest to catch a mutation first.
+INFERENCE_TESTS = ("tests/test_inference.py", "tests/test_model.py", "tests/test_sample.py")
+SEAM = "bounds = [0] + [(nxt + cur + window) // 2 for cur, nxt in zip(starts, starts[1:])] + [length]"
+
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation("tile seam 6 px inside each tile", "model/inference.py", SEAM,
+             SEAM.replace("// 2 for", "// 2 + 6 for"), INFERENCE_TESTS),
+    Mutation("tile seam 1 px inside each tile", "model/inference.py", SEAM,
+             SEAM.replace("// 2 for", "// 2 + 1 for"), INFERENCE_TESTS),
+    Mutation("tile overlap counted once, not per side", "model/inference.py",
+             "stride = window - 2 * overlap", "stride = window - overlap", INFERENCE_TESTS),
+    Mutation("self-ensemble uses 2 of the 8 transforms", "model/inference.py",
+             "for k in range(8))", "for k in (0, 1) * 4)", INFERENCE_TESTS),
+    Mutation("self-ensemble drops the 8th transform", "model/inference.py",
+             "for k in range(8))", "for k in (0, 1, 2, 3, 4, 5, 6, 6))", INFERENCE_TESTS),
+    Mutation("self-ensemble inverts in the wrong order", "model/inference.py",
+             "x = x.transpose(2, 3) if k & 4 else x\n        return x.flip(flips) if flips else x",
+             "x = x.flip(flips) if flips else x\n        return x.transpose(2, 3) if k & 4 else x",
+             INFERENCE_TESTS),
+    Mutation("sample.py rounds instead of truncating", "sample.py",
+             "else to_uint8(sr, cfg.quantize)", 'else to_uint8(sr, "round")',
+             ("tests/test_sample.py",)),
+    Mutation("sample.py truncates when asked to round", "sample.py",
+             "else to_uint8(sr, cfg.quantize)", 'else to_uint8(sr, "truncate")',
+             ("tests/test_sample.py",)),
+    Mutation("resume skips the global torch RNG", "dsrnet/rng.py",
+             '    torch.set_rng_state(states["torch"])\n', "", ("tests/test_solver.py",), select="resume or rng"),
+    Mutation("resume skips the numpy RNG", "dsrnet/rng.py",
+             "    np.random.set_state((", "    _ = ((", ("tests/test_solver.py",), select="resume or rng"),
+    Mutation("resume skips the python RNG", "dsrnet/rng.py",
+             "    random.setstate((version, tuple(state), gauss_next))", "    pass",
+             ("tests/test_solver.py",), select="resume or rng"),
+    Mutation("resume skips the gate generator", "dsrnet/checkpoints.py",
+             '        net.wide_enhancement.gate_generator.set_state(state["gate_generator"])\n', "",
+             ("tests/test_solver.py",), select="resume or rng"),
+    Mutation("resume never notes a changed setting", "dsrnet/resume.py",
+             "    if math:\n", "    if False:\n", ("tests/test_solver.py",), select="resume or rng"),
+    Mutation("authors' multi-scale upsamplers not renamed", "model/dsrnet.py",
+             'where = f"upsample.x{scale}" if scale else "upsample"', 'where = "upsample"',
+             ("tests/test_model.py",)),
+    Mutation("authors' second upsampler stage (x4) not renamed", "model/dsrnet.py",
+             r'_AUTHORS_UPSAMPLE = re.compile(r"^upsample\.up(\d?)\.body\.(\d+)\.(weight|bias)$")',
+             r'_AUTHORS_UPSAMPLE = re.compile(r"^upsample\.up(\d?)\.body\.(0)\.(weight|bias)$")',
+             ("tests/test_model.py",)),
+    Mutation("scale inferred from the last upsampler stage's width only", "model/dsrnet.py",
+             "return r ** len(stage_channels)", "return r", ("tests/test_model.py",)),
+    Mutation("sample.py --cuda silently runs on CPU", "sample.py",
+             '    if cfg.cuda and not torch.cuda.is_available():\n        raise InputError("--cuda was given but no '
+             'CUDA device is available; drop --cuda to run on CPU")\n    return pick_device(cfg.device or '
+             '("cuda" if cfg.cuda else None))', "    return pick_device(cfg.device)", ("tests/test_sample.py",)),
+    Mutation("sample.py accepts an unknown --model", "sample.py",
+             'if cfg.model != "dsrnet":', "if False:", ("tests/test_sample.py",)),
+    Mutation("sample.py without test sets exits 0", "sample.py",
+             "    if not found:\n        raise InputError", "    if False:\n        raise InputError",
+             ("tests/test_sample.py",)),
+    Mutation("training SIGTERM exits 130, not 143", "dsrnet/stopping.py",
+             "signal.SIGTERM: 128 + signal.SIGTERM", "signal.SIGTERM: 128 + signal.SIGINT",
+             ("tests/test_solver.py",), select="signal or sigterm or exit"),
+    Mutation("export_onnx --check passes over tolerance", "tools/export_onnx.py",
+             "            sys.exit(1)\n", "            pass\n", ("tests/test_onnx.py",)),
+    Mutation("git_dirty: failed git reads as clean", "dsrnet/provenance.py",
+             "return None if status is None else bool(status)", "return bool(status)",
+             ("tests/test_benchmarks.py",), select="provenance"),
+)
+
+
+def copy_tracked(repo: Path, dst: Path) -> None:
+    """The checkout's tracked files (as they are on disk) into ``dst``."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+    for name in filter(None, names.decode().split("\0")):
+        src = repo / name
+        if src.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+
+
+def run_tests(copy: Path, m: Mutation, timeout: float) -> tuple[str, float]:
+    tests = [t for t in m.tests if (copy / t).is_file()]
+    if not tests:
+        return "no tests", 0.0
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    cmd += ["-k", m.select] if m.select else []
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.monotonic()
+    try:
+        rc = subprocess.run(cmd, check=False, cwd=copy, env=env, capture_output=True, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - start
+    outcome = {0: "SURVIVED", 1: "caught", 5: "no tests"}.get(rc, f"error (pytest exit {rc})")
+    return outcome, time.monotonic() - start
+
+
+def apply_and_run(copy: Path, m: Mutation, timeout: float) -> tuple[str, float]:
+    path = copy / m.file
+    if not path.is_file():
+        return "stale", 0.0
+    original = path.read_text()
+    if original.count(m.old) != 1:
+        return "stale", 0.0
+    path.write_text(original.replace(m.old, m.new))
+    try:
+        return run_tests(copy, m, timeout)
+    finally:
+        path.write_text(original)
+
+
+def table(rows: list[tuple[Mutation, str, float, list[str]]]) -> str:
+    lines = ["| mutation | file | tests run | outcome | s |", "|---|---|---|---|---|"]
+    for m, outcome, seconds, tests in rows:
+        ran = ", ".join(Path(t).name for t in tests) + (f" -k '{m.select}'" if m.select and tests else "")
+        lines.append(f"| {m.name} | {m.file} | {ran or '-'} | {outcome} | {seconds:.0f} |")
+    caught = sum(o == "caught" for _, o, _, _ in rows)
+    lines.append(f"\n{caught} of {len(rows)} caught")
+    return "\n".join(lines)
+
+
+def load(path: str | None) -> tuple[Mutation, ...]:
+    if path is None:
+        return MUTATIONS
+    entries = json.loads(Path(path).read_text())
+    return tuple(Mutation(**{**e, "tests": tuple(e["tests"])}) for e in entries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", default=str(ROOT), help="checkout to mutate (default: this one)")
+    p.add_argument("--mutations", help="JSON list of {name, file, old, new, tests[, select]} (default: built in)")
+    p.add_argument("--only", help="run only mutations whose name contains this text")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per mutation (default 600)")
+    p.add_argument("--list", action="store_true", help="print the mutations and exit")
+    cfg = p.parse_args(argv)
+    mutations = [m for m in load(cfg.mutations) if not cfg.only or cfg.only in m.name]
+    if cfg.list:
+        for m in mutations:
+            print(f"{m.name}: {m.file}: {m.old.strip()!r} -> {m.new.strip()!r}  [{', '.join(m.tests)}]")
+        return 0
+    repo = Path(cfg.repo).resolve()
+    shared = repo.parent / "shared"
+    scratch = Path(tempfile.mkdtemp(prefix=".mutate-", dir=repo.parent))
+    try:
+        if shared.exists():
+            (scratch / "shared").symlink_to(shared.resolve())
+        copy = scratch / repo.name
+        copy_tracked(repo, copy)
+        rows = []
+        for m in mutations:
+            outcome, seconds = apply_and_run(copy, m, cfg.timeout)
+            rows.append((m, outcome, seconds, [t for t in m.tests if (copy / t).is_file()]))
+            print(f"{outcome:10s} {seconds:5.0f} s  {m.name}", flush=True)
+        print("\n" + table(rows))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0 if all(o == "caught" for _, o, _, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
