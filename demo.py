@@ -10,6 +10,9 @@
 4. evaluate the final checkpoint (and the authors' weights, when found) against bicubic with sample.py;
 5. write OUT/results.md, OUT/comparison.png and OUT/curves.png.
 
+OUT (default results/demo) is ignored by git, so a run leaves `git status` clean; the example kept in git,
+docs/figures/demo/, is a copy of results.md, comparison.png and curves.png from the command in its "Reproduce".
+
 The learning rate is 1e-3, not the paper's 1e-4: a few minutes of training is far too short for 1e-4
 (on Set5 it is still ~3 dB below bicubic after 400 steps, where 1e-3 passes bicubic after ~300). Here,
 on the held-out photos, 1e-3 is level with bicubic at step 300 and +0.8 dB above it at step 500;
@@ -30,9 +33,10 @@ import numpy as np
 import sample
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import atomic_write_bytes, write_image
+from dsrnet import AUTHORS_WEIGHTS
+from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
-from dsrnet import AUTHORS_WEIGHTS
 from dsrnet.provenance import environment, git_description
 from dsrnet.rng import MAX_SEED
 from model import read_checkpoint, scale_name
@@ -56,7 +60,7 @@ QUICK = {"steps": 40, "batch_size": 8, "patch_size": 16, "valid_every": 20, "cro
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default=str(ROOT / "results" / "demo"), help="output folder (default results/demo)")
     p.add_argument("--steps", type=int, help=f"training steps (default {FULL['steps']}, --quick {QUICK['steps']})")
     p.add_argument("--batch_size", type=int, help=f"patches per step (default {FULL['batch_size']})")
@@ -69,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (0: patches cut in-process)")
     p.add_argument("--quick", action="store_true",
                    help=f"reduced budget for tests: photos cropped to {QUICK['crop']} px, {QUICK['steps']} steps")
-    p.add_argument("--authors_ckpt", help=f"the authors' x2 weights to add as a row (default {AUTHORS_WEIGHTS} "
-                   "when it exists)")
+    p.add_argument("--authors_ckpt", help="the authors' x2 weights to add as a row "
+                   f"(default {AUTHORS_WEIGHTS.relative_to(ROOT)} when it exists)")
     cfg = p.parse_args(argv)
     budget = QUICK if cfg.quick else FULL
     for key in ("steps", "batch_size", "patch_size", "valid_every", "decay"):

@@ -72,7 +72,8 @@ def test_load_comparison_reads_hr_sr_and_scores(run):
 
 def test_best_box_is_where_the_method_gains():
     rng = np.random.default_rng(0)
-    hr = rng.integers(40, 200, (64, 80, 3)).astype(np.uint8)
+    hr = rng.integers(100, 140, (64, 80, 3)).astype(np.uint8)
+    hr[32:48, 40:60] = rng.integers(40, 200, (16, 20, 3))  # the detail
     noise = rng.normal(0, 8, hr.shape)
     noise[32:48, 40:60] *= 2  # bicubic-like: errs most where there is detail...
     base = np.clip(hr + noise, 0, 255).astype(np.uint8)

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from dataset.io import atomic_path, ensure_writable
+from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
 from model import GATE_MODES, load_checkpoint, scale_name
@@ -140,11 +141,11 @@ def compare_speed(path: str | os.PathLike, net: Net, scale: int, lr_hw: tuple[in
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt_path", help="DSRNet checkpoint (the authors' or ours)")
     p.add_argument("--scale", type=int, help="scale to export (default: the checkpoint's; needed for multi-scale)")
     p.add_argument("--output", help="ONNX file (default: <checkpoint name>[_x<s>][_fixed].onnx here)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--gate", default="selected",
                    help="selected (default), fixed or learned (the noise-free per-image decision); sample/argmax "
                         "cannot export")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import model.dsrnet as dsrnet
 from dataset.io import ensure_writable
+from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
 from model import load_checkpoint
@@ -76,11 +77,11 @@ def fused_conv_relu() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt_path", help="the authors' x2 file (default: checkpoint/ or ../shared/weights/)")
     p.add_argument("--size", type=int, default=128, help="LR height and width (a multiple of 4)")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds (interleaved across paths)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--skip_compile", action="store_true", help="leave out the inductor path (slow to build)")
     p.add_argument("--report", help="also write the printed markdown here")
     cfg = p.parse_args(argv)

@@ -21,6 +21,7 @@ import torch
 
 from dataset.io import ensure_writable
 from dsrnet.checkpoints import save_checkpoint
+from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.rng import capture_rng_states
 from model import Net
@@ -54,7 +55,7 @@ def time_saves(folder: Path, repeats: int) -> tuple[dict[str, list[float]], int]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dir", default="checkpoint", help="folder on the disk checkpoints go to (default checkpoint)")
     p.add_argument("--repeats", type=int, default=15, help="saves per way (default 15)")
     cfg = p.parse_args(argv)

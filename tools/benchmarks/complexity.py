@@ -2,7 +2,7 @@
 
     python -m tools.benchmarks.complexity                          # CPU, HR 256/512/1024 -> results/complexity.md
     python -m tools.benchmarks.complexity --device cuda            # GPU runtime and memory
-    python -m tools.benchmarks.complexity --quick --output /tmp/c.md   # seconds (tests)
+    python -m tools.benchmarks.complexity --quick --report /tmp/c.md   # seconds (tests)
 
 Parameters are counted from the modules a forward really calls (forward hooks), so the never-used
 conv9/conv10 and the branch a gate mode skips drop out. FLOPs come from torch.utils.flop_counter on the
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from dataset.io import atomic_write_bytes, ensure_writable
+from dsrnet.cli import HelpFormatter, pick_device
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment, git_description
 from model import SCALES, Net, file_sha256, load_checkpoint, read_checkpoint, scale_name
@@ -348,7 +349,8 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
         f"Median of {cfg.repeats} timed runs after {cfg.warmup} warm-up(s), batch 1, random LR input, "
         "`torch.inference_mode()`, each precision in the memory layout `sample.py` picks for it (channels_last on "
         "CPUs; on CUDA NCHW for float32 and channels_last for bf16: `tools/benchmarks/memory_format.py`)"
-        + (", `torch.cuda.synchronize()` after each run" if cfg.device == "cuda" else "") + ". LR = HR // scale. "
+        + (", `torch.cuda.synchronize()` after each run" if cfg.device.startswith("cuda") else "")
+        + ". LR = HR // scale. "
         "float32 is the evaluation protocol; the bf16 rows (opt-in `sample.py --bf16`, measured only where "
         "bfloat16 is native) trade a little accuracy for speed: the authors' x2 weights score within 0.015 dB "
         "of float32 on Set5/Set14/B100 (README, Speed).", "",
@@ -363,8 +365,8 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
 # ----------------------------------------------------------------------------------------- CLI
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--repeats", type=int, help="timed runs per size (default 5 on CPU, 50 on CUDA, 1 with --quick)")
     p.add_argument("--warmup", type=int, help="untimed runs first (default 1 on CPU, 10 on CUDA)")
     p.add_argument("--sizes", type=int, nargs="+", help="HR sizes (default 256 512 1024; 48 with --quick)")
@@ -372,7 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="one small size, one repeat: a smoke run for tests")
     p.add_argument("--ckpt_path", help="the authors' x2 weights (default: checkpoint/ or ../shared/weights/ "
                                        "DSRNet_x2_600000.pth; random weights when neither exists)")
-    p.add_argument("--output", default="results/complexity.md")
+    p.add_argument("--report", "--output", dest="report", default="results/complexity.md",
+                   help="write the markdown report here (--output: the older name)")
     p.add_argument("--memory-probe", nargs=2, type=int, metavar=("SCALE", "LR"), help=argparse.SUPPRESS)
     p.add_argument("--autograd", action="store_true", help=argparse.SUPPRESS)
     cfg = p.parse_args(argv)
@@ -380,7 +383,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if cfg.sizes and min(cfg.sizes) < max(SCALES):
         raise InputError(f"--sizes must each be >= {max(SCALES)} (HR sides; LR = HR // scale, up to "
                          f"x{max(SCALES)}), got {min(cfg.sizes)}")
-    cuda = cfg.device == "cuda"
+    cfg.device = str(pick_device(cfg.device))
+    cuda = cfg.device.startswith("cuda")
     cfg.sizes = cfg.sizes or ([48] if cfg.quick else [256, 512, 1024])
     cfg.repeats = cfg.repeats if cfg.repeats is not None else (1 if cfg.quick else 50 if cuda else 5)
     cfg.warmup = cfg.warmup if cfg.warmup is not None else (1 if cfg.quick or not cuda else 10)
@@ -394,10 +398,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     if cfg.memory_probe:
         print(_memory_probe(*cfg.memory_probe, cfg.autograd))
         return None
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was given but no CUDA device is available; use --device cpu")
+    if cfg.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(cfg.device))  # the memory figures and synchronize() follow it
     set_tf32(False)  # "fp32" rows are IEEE float32, not cuDNN's default TF32
-    ensure_writable(cfg.output)
+    ensure_writable(cfg.report)
     ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path else next((c for c in WEIGHTS_CANDIDATES if c.is_file()), None)
     if ckpt and (held := read_checkpoint(ckpt)["scale"]) != 2:
         raise InputError(f"{ckpt} holds a {scale_name(held)} model; complexity.py reads only x2 weights "
@@ -428,7 +432,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                 for bf16 in precisions}
         for hr in cfg.sizes:
             lr = hr // s
-            if cfg.device == "cuda":
+            if cfg.device.startswith("cuda"):
                 for job in (j for j in jobs if j[:2] == (s, lr)):
                     memory[job] = peak_memory_cuda(nets[False], lr_input(lr, nets[False]), s, autograd=job[2])
             for bf16, net in nets.items():
@@ -437,7 +441,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         del nets
 
     text = render(params, groups, closest, flops, memory, runtime, cfg, environment(), ckpt)
-    out = Path(cfg.output)
+    out = Path(cfg.report)
     atomic_write_bytes(out, (text + "\n").encode())
     log(f"wrote {out}")
     return out

@@ -41,10 +41,10 @@ step() {  # step SECONDS COMMAND...: run with a time limit, note a failure and g
 
 step 60 "$py" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
 step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save
-step 120 "$py" -m tools.benchmarks.inference --cuda --ckpt_path "$weights" --rounds 50 --warmup 10 \
+step 120 "$py" -m tools.benchmarks.inference --device cuda --ckpt_path "$weights" --rounds 50 --warmup 10 \
     --report "$out/speed_inference_cuda.md"
 step 120 "$py" -m tools.benchmarks.memory_format --device cuda --report "$out/memory_format_cuda.md"
-step 180 "$py" -m tools.benchmarks.complexity --device cuda --ckpt_path "$weights" --output "$out/complexity_cuda.md"
+step 180 "$py" -m tools.benchmarks.complexity --device cuda --ckpt_path "$weights" --report "$out/complexity_cuda.md"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 h5=$tmp/photos.h5
@@ -53,11 +53,11 @@ step 240 "$py" -m tools.benchmarks.training --train_data_path "$h5" --scale 2 --
     --steps 100 --num_workers 4 --report "$out/speed_training_cuda.md"
 step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --tf32
 step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --bf16
-step 120 "$py" -m tools.benchmarks.inference --cuda --ckpt_path "$weights" --size 512 --rounds 30 --warmup 5 \
+step 120 "$py" -m tools.benchmarks.inference --device cuda --ckpt_path "$weights" --size 512 --rounds 30 --warmup 5 \
     --report "$out/speed_inference_512_cuda.md"
-step 180 "$py" -m tools.benchmarks.inference --cuda --ckpt_path "$weights" --end_to_end "${sets[1]}" \
+step 180 "$py" -m tools.benchmarks.inference --device cuda --ckpt_path "$weights" --end_to_end "${sets[1]}" \
     --report "$out/speed_end_to_end_cuda.md"
-step 240 "$py" -m tools.benchmarks.inference --cuda --ckpt_path "$weights" --compile --rounds 50 --warmup 10 \
+step 240 "$py" -m tools.benchmarks.inference --device cuda --ckpt_path "$weights" --compile --rounds 50 --warmup 10 \
     --report "$out/speed_inference_compile_cuda.md"
 [ -e ../shared ] || ln -s "$shared" ../shared  # the tests look for ../shared
 parallel=()  # pytest-xdist where the machine has it: 8 workers of 2 threads each

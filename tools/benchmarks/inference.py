@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dataset.io import ensure_writable
+from dsrnet.cli import HelpFormatter, pick_device
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
 from model import load_checkpoint, read_checkpoint, scale_name
@@ -228,25 +229,26 @@ def end_to_end(cfg: argparse.Namespace, weights: Path, raw: dict[str, torch.Tens
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt_path", help="the authors' x2 file (default: checkpoint/ or ../shared/weights/)")
     p.add_argument("--size", type=int, default=128, help="LR height and width")
     p.add_argument("--branch", choices=("selected", "fixed"), default="selected",
                    help="gate branch every path computes (default selected, the trained one)")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds (interleaved across paths)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(net)")
     p.add_argument("--end_to_end", metavar="TEST_SET", help="time sample.py vs the authors' loop on a test set")
-    p.add_argument("--cuda", action="store_true", help="run on the GPU")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--cuda", dest="device", action="store_const", const="cuda", help="the same as --device cuda")
     p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_inference.md)")
     cfg = p.parse_args(argv)
     require_at_least(cfg, size=1, rounds=1, warmup=0, threads=1)
-    if cfg.cuda and not torch.cuda.is_available():
-        raise InputError("--cuda given but no CUDA device is available")
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # synchronize() and the memory figures follow the current device
     if cfg.report:
         ensure_writable(cfg.report)
-    device = torch.device("cuda" if cfg.cuda else "cpu")
     weights = find_weights(cfg.ckpt_path)
     raw = {k: v.to(device) for k, v in authors_state_dict(weights).items()}
     if cfg.threads:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from dataset.io import ensure_writable
+from dsrnet.cli import HelpFormatter, pick_device
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
 from model.dsrnet import SCALES, Net
@@ -55,16 +56,17 @@ def layout_times(scale: int, hr: int, precision: str, device: torch.device, roun
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--scales", type=int, nargs="+", choices=SCALES, default=list(SCALES))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--scales", type=int, nargs="+", choices=SCALES, default=list(SCALES), help="scales to time")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="HR sizes (square)")
     p.add_argument("--rounds", type=int, help="timed rounds (default 20 on CUDA, 3 on CPU)")
     p.add_argument("--warmup", type=int, help="untimed rounds first (default 5 on CUDA, 1 on CPU)")
     p.add_argument("--cudnn_benchmark", action="store_true", help="let cuDNN autotune its kernels")
     p.add_argument("--report", help="also write the printed markdown here")
     cfg = p.parse_args(argv)
-    cuda = cfg.device == "cuda"
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
     cfg.rounds = cfg.rounds if cfg.rounds is not None else (20 if cuda else 3)
     cfg.warmup = cfg.warmup if cfg.warmup is not None else (5 if cuda else 1)
     require_at_least(cfg, rounds=1, warmup=0)
@@ -73,11 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     small = [(s, hr) for s in cfg.scales for hr in cfg.sizes if hr // s < 1]
     if small:
         raise InputError(f"HR {small[0][1]} at x{small[0][0]} leaves no LR pixel: raise --sizes")
-    if cuda and not torch.cuda.is_available():
-        raise InputError("--device cuda was given but no CUDA device is available; use --device cpu")
+    if cuda:
+        torch.cuda.set_device(device)  # synchronize() follows the current device
     if cfg.report:
         ensure_writable(cfg.report)
-    device = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     env = environment()
     with printed_to(cfg.report):

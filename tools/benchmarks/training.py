@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from dataset.io import ensure_writable
 from dataset.train_data import TrainDataset
+from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
 from model import SCALES, Net
@@ -72,14 +73,14 @@ def solver_steps_per_s(h5: str, scale: int, batch: int, patch: int, steps: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--train_data_path", required=True, help="an HDF5 file made by dataset/div2h5.py")
-    p.add_argument("--scale", type=int, default=2)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--patch_size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--num_workers", type=int, default=1)
+    p.add_argument("--scale", type=int, default=2, help="upscaling factor of the net and the patches")
+    p.add_argument("--batch_size", type=int, default=16, help="patches per step")
+    p.add_argument("--patch_size", type=int, default=32, help="LR patch side")
+    p.add_argument("--steps", type=int, default=60, help="timed steps per loop")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--num_workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_training.md)")
     cfg = p.parse_args(argv)
     if cfg.scale not in SCALES:
