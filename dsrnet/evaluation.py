@@ -21,6 +21,7 @@ from dataset.io import atomic_write_bytes, write_image
 from dataset.layouts import ImagePair, TestSet, load_pair
 from dsrnet.errors import InputError
 from dsrnet.metrics import check_scorable, psnr_y, ssim_y
+from model.dsrnet import Net
 from model.flops import flops_per_lr_pixel, upsampler_groups
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # LR uint8 HWC -> SR uint8 HWC
@@ -92,7 +93,7 @@ def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int |
     return result
 
 
-def evaluate_routed(upscale: Upscaler, net, test_set: TestSet, method: str, passes: int = 1,
+def evaluate_routed(upscale: Upscaler, net: Net, test_set: TestSet, method: str, passes: int = 1,
                     **how) -> SetResult:
     """:func:`evaluate_set` for a DSRNet upscaler, adding how often each branch ran (``gate_branches``), each
     image's branch and GFLOPs, and the branch counts over the images (``branches``); ``passes`` forwards
@@ -190,7 +191,7 @@ class RoutedUpscaler:
     whole-image forwards through that branch (x8 with self-ensemble; tiles' overlap not counted).
     """
 
-    def __init__(self, upscale: Upscaler, net, scale: int, passes: int = 1):
+    def __init__(self, upscale: Upscaler, net: Net, scale: int, passes: int = 1):
         self.upscale, self.routed, self.passes = upscale, net.wide_enhancement.routed, passes
         group = upsampler_groups(net)
         self.per_pixel = {b: flops_per_lr_pixel(scale, b, net.multi_scale, group) for b in ("selected", "fixed")}

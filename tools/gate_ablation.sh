@@ -7,7 +7,8 @@
 #
 # Run from the repository root; everything is written under OUT (checkpoints, log.csv, reports, logs).
 # FT_STEPS / SCRATCH_STEPS (environment) set the run lengths, FT_SEEDS / SCRATCH_SEEDS the seeds (a fine-tuning
-# run of seed 0 is named ft_<gate>, of seed k ft_<gate>_s<k>); SHARED points at the reference material.
+# run of seed 0 is named ft_<gate>, of seed k ft_<gate>_s<k>), FT_RECIPES which fine-tuning runs (of selected,
+# sample, learned, learned_penalty); SHARED points at the reference material.
 set -euo pipefail
 OUT=${1:?usage: tools/gate_ablation.sh OUT STAGE}
 STAGE=${2:?usage: tools/gate_ablation.sh OUT STAGE}
@@ -17,6 +18,7 @@ FT_STEPS=${FT_STEPS:-200}
 SCRATCH_STEPS=${SCRATCH_STEPS:-240}
 FT_SEEDS=${FT_SEEDS:-0}
 SCRATCH_SEEDS=${SCRATCH_SEEDS:-0 1}
+FT_RECIPES=${FT_RECIPES:-selected sample learned learned_penalty}
 DATA=$OUT/photos80_x2.h5
 WEIGHTS=$SHARED/weights/DSRNet_x2_600000.pth
 BENCH=$SHARED/data/benchmark
@@ -44,12 +46,13 @@ ft_name() {  # RECIPE SEED
 case $STAGE in
   train-ft)
     ft=(--init_from "$WEIGHTS" --lr 1e-4 --decay "$FT_STEPS" --max_steps "$FT_STEPS" --print_interval "$FT_STEPS")
+    declare -A how=([selected]="--gate selected" [sample]="--gate sample" [learned]="--gate learned --gate_lr_mult 100"
+                    [learned_penalty]="--gate learned --gate_lr_mult 100 --gate_penalty $PENALTY")
     for seed in $FT_SEEDS; do
-      train "$(ft_name ft_selected $seed)" "${ft[@]}" --seed $seed --gate selected
-      train "$(ft_name ft_sample $seed)" "${ft[@]}" --seed $seed --gate sample
-      train "$(ft_name ft_learned $seed)" "${ft[@]}" --seed $seed --gate learned --gate_lr_mult 100
-      train "$(ft_name ft_learned_penalty $seed)" "${ft[@]}" --seed $seed --gate learned --gate_lr_mult 100 \
-          --gate_penalty $PENALTY
+      for recipe in $FT_RECIPES; do
+        # shellcheck disable=SC2086  # ${how[...]} holds several flags
+        train "$(ft_name ft_$recipe $seed)" "${ft[@]}" --seed $seed ${how[$recipe]}
+      done
     done ;;
   train-scratch)
     sc=(--lr 1e-3 --decay $((SCRATCH_STEPS / 2)) --max_steps "$SCRATCH_STEPS" --print_interval "$SCRATCH_STEPS")
@@ -59,8 +62,8 @@ case $STAGE in
     done ;;
   eval-ft)
     for seed in $FT_SEEDS; do
-      for run in ft_selected:selected ft_sample:sample ft_learned:learned ft_learned_penalty:learned; do
-        name=$(ft_name "${run%%:*}" $seed); gate=${run#*:}
+      for recipe in $FT_RECIPES; do
+        name=$(ft_name ft_$recipe $seed); gate=${recipe%_penalty}
         evaluate "$name" "$OUT/$name/${name}_$FT_STEPS.pth" "$gate"
         [ "$gate" = selected ] || evaluate "$name" "$OUT/$name/${name}_$FT_STEPS.pth" selected
       done
