@@ -28,12 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--patch_size", "8", "--batch_size", "4", "--num_workers", "0", "--log_interval", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def split_gate(net: Net, x: torch.Tensor) -> torch.Tensor:

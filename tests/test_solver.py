@@ -36,13 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--patch_size", "8", "--batch_size", "4", "--num_workers", "0", "--log_interval", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads on a shared two-core box spin against each other; one is faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
