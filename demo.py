@@ -14,9 +14,7 @@ OUT (default results/demo) is ignored by git, so a run leaves `git status` clean
 docs/figures/demo/, is a copy of results.md, comparison.png and curves.png from the command in its "Reproduce".
 
 The learning rate is 1e-3, not the paper's 1e-4: a few minutes of training is far too short for 1e-4
-(on Set5 it is still ~3 dB below bicubic after 400 steps, where 1e-3 passes bicubic after ~300). Here,
-on the held-out photos, 1e-3 is level with bicubic at step 300 and +0.8 dB above it at step 500;
-halving it at step 250 (--decay 250) did not help (-0.08 dB at step 500).
+(the measurements behind that choice are in README.md, "The five-minute demo").
 """
 from __future__ import annotations
 

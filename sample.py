@@ -50,14 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--cuda", action="store_true", help="the same as --device cuda")
     p.add_argument("--gate", choices=GATE_MODES, default="selected",
-                   help="gate mode (see README); 'learned' routes each image by the gate's noise-free decision")
+                   help="gate mode (docs/evaluation.md#gate); 'learned' routes each image by the gate's noise-free decision")
     p.add_argument("--seed", type=int, default=0, help="seed of the 'sample' gate mode, 0 to 2**64-1")
     p.add_argument("--quantize", choices=QUANTIZE_MODES, default="truncate", help="SR float -> uint8")
     p.add_argument("--bicubic", action="store_true", help="add the MATLAB-bicubic baseline rows")
     p.add_argument("--self_ensemble", action="store_true", help="x8 flips/rotations ('+' results)")
     p.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast: faster on Ampere+ GPUs and bf16-capable CPUs; scores differ slightly "
-                        "from the float32 protocol (see README)")
+                        "from the float32 protocol (docs/evaluation.md#precision)")
     p.add_argument("--tf32", action="store_true",
                    help="let cuDNN run float32 convolutions in TF32 on Ampere+ GPUs (PyTorch's default, faster; "
                         "scores may differ slightly from IEEE float32, which is used without this flag)")

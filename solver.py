@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 from dataset.io import ensure_writable_folder, stale_temps
 from dataset.layouts import find_test_set, load_pair
-from dataset.train_data import MULTI_SCALES, TrainDataset, step_loader, step_scale
+from dataset.train_data import TrainDataset, step_loader, step_scale
+from dsrnet.cli import HelpFormatter
 from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, find_resume, latest_checkpoint,
                                 read_resumable, restore_training_state, training_checkpoint, weights_checkpoint)
 from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0, shutdown_distributed,
@@ -57,8 +58,9 @@ from dsrnet.rng import MAX_SEED, seed_everything
 from dsrnet.run_lock import RunLock
 from dsrnet.run_log import RunLog, Throughput
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
-from model import GATE_MODES, Net
-from model.inference import bf16_supported, fast_memory_format, memory_format_of, super_resolve, tf32
+from model import GATE_MODES, SCALES, Net
+from model.inference import (AMP_DTYPES, TRAINING_MEMORY_FORMAT, autocast, bf16_supported, fast_memory_format,
+                             memory_format_of, super_resolve, tf32)
 
 ROOT = Path(__file__).resolve().parent
 LOSSES = {"MSE": nn.MSELoss, "L1": nn.L1Loss, "SmoothL1": nn.SmoothL1Loss}
@@ -95,21 +97,11 @@ def _ckpt_name(text: str) -> str:
     return text
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and each flag's default after its help (unless it has none)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.default is False:
-            return text
-        return f"{text} (default: %(default)s)".lstrip()
-
-
 def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     """The training flags: the authors' (same names and meaning) plus resume/validation/DDP extras."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="dsrnet", help="model module under model/ (only dsrnet)")
-    p.add_argument("--scale", type=int, choices=(0, *MULTI_SCALES), default=default_scale,
+    p.add_argument("--scale", type=int, choices=(0, *SCALES), default=default_scale,
                    help="upscaling factor; 0 trains one multi-scale net on x2/x3/x4 (default: the folder's)")
     p.add_argument("--group", type=_int_at_least(1), default=1, help="upsampler conv groups (authors: 1)")
     p.add_argument("--train_data_path", default=str(ROOT / "dataset" / "DIV2K_train.h5"),
@@ -252,12 +244,6 @@ def check_amp(amp: str | None, device: torch.device) -> None:
                          f"or AMX), which this {device.type.upper()} lacks: use --amp fp16 on a GPU, or drop --amp")
 
 
-def autocast(amp: str | None, device: torch.device) -> torch.autocast:
-    """--amp's mixed precision for the forward pass and loss (float32 without --amp)."""
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=amp is not None)
-
-
 def check_run(cfg: argparse.Namespace, world: int, device: torch.device) -> Path | None:
     """Refuse flags this machine or folder cannot run, before any data is read; returns the checkpoint to resume."""
     check_amp(cfg.amp, device)
@@ -338,6 +324,16 @@ def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argp
     return scores
 
 
+def banner(cfg: argparse.Namespace, net: Net, device: torch.device, world: int, n_images: int, step: int) -> str:
+    """The start line; parameters counted as the README does (the mean shift's 24 frozen values apart)."""
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    what = f"x{cfg.scale}" if cfg.scale else "multi-scale x2/x3/x4"
+    return (f"DSRNet {what}: {trainable:,} trainable + {frozen:,} frozen (mean shift) parameters on "
+            f"{device} x {world} process(es), batch {cfg.batch_size} of {cfg.patch_size}px LR patches from "
+            f"{n_images} images, gate '{cfg.gate}', steps {step} -> {cfg.max_steps}, checkpoints in {cfg.ckpt_dir}")
+
+
 class Solver:
     """Builds the net, optimizer, loss and data from the flags; :meth:`fit` is the training loop."""
 
@@ -365,7 +361,7 @@ class Solver:
         cfg = self.cfg
         self.dataset = TrainDataset(cfg.train_data_path, cfg.patch_size, cfg.scale, seed=cfg.seed,
                                     in_memory=cfg.in_memory)
-        scales = [cfg.scale] if cfg.scale else list(MULTI_SCALES)
+        scales = [cfg.scale] if cfg.scale else list(SCALES)
         self.valid_sets = [find_test_set(d, s) for d in cfg.valid_data_dir or [] for s in scales]
         if self.rank == 0:
             for ts in self.valid_sets:
@@ -379,8 +375,7 @@ class Solver:
         seed_everything(cfg.seed)
         self.net = Net(scale=cfg.scale, multi_scale=cfg.scale == 0, group=cfg.group,
                        gate_mode=cfg.gate, gate_seed=cfg.seed)
-        # channels_last: oneDNN/cuDNN convolutions run NHWC natively, forward and backward
-        self.net.to(self.device, memory_format=torch.channels_last)
+        self.net.to(self.device, memory_format=TRAINING_MEMORY_FORMAT)
         self.optim = torch.optim.Adam(param_groups(self.net, cfg.gate), lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.loss_fn = LOSSES[cfg.loss_fn]()
@@ -399,7 +394,7 @@ class Solver:
             print_rank0(f"checkpoint is at step {self.step}, not below --max_steps {cfg.max_steps}: nothing to do")
             shutdown_distributed(self.world)
             return self.step
-        print_rank0(self.describe())
+        print_rank0(banner(cfg, self.net, self.device, self.world, len(self.dataset), self.step))
         batches = iter(self.loader())
         log = RunLog(self.ckpt_dir, self.valid_fields(), self.step) if self.rank == 0 else None
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
@@ -410,7 +405,7 @@ class Solver:
                 while self.step < cfg.max_steps:
                     scale, lr_patch, hr = self.get_batch(next(batches), self.step)
                     lr = set_schedules(self.optim, self.net, cfg, self.step)
-                    with autocast(cfg.amp, self.device):
+                    with autocast(self.device.type, AMP_DTYPES.get(cfg.amp)):
                         data_loss = self.loss_fn(self.model(lr_patch, scale).float(), hr)
                     loss = data_loss + compute_penalty(self.net, cfg.gate_penalty) if cfg.gate_penalty else data_loss
                     loss_value, stop = mean_loss_and_stop_signal(data_loss, signals, self.world)  # logged: no penalty
@@ -454,9 +449,9 @@ class Solver:
     def get_batch(self, pairs: list[list[torch.Tensor]], step: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         """(scale, LR, HR) of this step on the device; multi-scale items hold a pair per scale."""
         scale = self.cfg.scale or step_scale(self.cfg.seed, step)
-        hr, lr = pairs[MULTI_SCALES.index(scale) if self.cfg.scale == 0 else 0]
+        hr, lr = pairs[SCALES.index(scale) if self.cfg.scale == 0 else 0]
         def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            return t.to(self.device, non_blocking=True).contiguous(memory_format=TRAINING_MEMORY_FORMAT)
         return scale, move(lr), move(hr)
 
     def diverged(self, loss_value: float) -> InputError:
@@ -507,16 +502,6 @@ class Solver:
             self.checkpoints.save_weights(weights_checkpoint(self.cfg, self.step, self.net, scores),
                                           float(np.mean(psnr)) if psnr else None, self.step == self.cfg.max_steps)
         return scores
-
-    def describe(self) -> str:
-        cfg = self.cfg
-        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in self.net.parameters() if not p.requires_grad)
-        what = f"x{cfg.scale}" if cfg.scale else "multi-scale x2/x3/x4"
-        return (f"DSRNet {what}: {trainable:,} trainable + {frozen:,} frozen (mean shift) parameters on "
-                f"{self.device} x {self.world} process(es), "
-                f"batch {cfg.batch_size} of {cfg.patch_size}px LR patches from {len(self.dataset)} images, "
-                f"gate '{cfg.gate}', steps {self.step} -> {cfg.max_steps}, checkpoints in {self.ckpt_dir}")
 
     # ------------------------------------------------------------------ checkpoints
 

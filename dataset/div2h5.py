@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from dataset.imresize import imresize, modcrop
 from dataset.io import atomic_path, image_size, images_in, read_image
+from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from model import SCALES
 
@@ -219,15 +220,17 @@ def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Pack DIV2K (or any folder of HR images with --hr_dir) into an HDF5 "
-                    "training file in the authors' format.")
+                    "training file in the authors' format.", formatter_class=HelpFormatter)
     parser.add_argument("--dataset_dir", default="DIV2K",
-                        help="folder holding DIV2K_{type}_HR and DIV2K_{type}_LR_bicubic (default: DIV2K)")
-    parser.add_argument("--dataset_type", default="train", choices=("train", "valid"))
+                        help="folder holding DIV2K_{type}_HR and DIV2K_{type}_LR_bicubic")
+    parser.add_argument("--dataset_type", default="train", choices=("train", "valid"),
+                        help="which DIV2K split to pack: its 800 training or 100 validation images")
     parser.add_argument("--hr_dir", default=None,
                         help="pack this folder of HR images instead, making LR with MATLAB-style bicubic")
     parser.add_argument("--output", default=None,
                         help="output file (default: DIV2K_{type}.h5, or HR_DIR_NAME.h5 with --hr_dir)")
-    parser.add_argument("--scales", type=int, nargs="+", default=list(SCALES))
+    parser.add_argument("--scales", type=int, nargs="+", default=list(SCALES),
+                        help="the LR groups X{s} to store beside HR; training at scale s needs X{s}")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="images decoded in parallel (default: CPU cores, at most 8)")
     parser.add_argument("--compression", default="none", choices=("none", "gzip", "lzf"),

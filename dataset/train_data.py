@@ -29,9 +29,8 @@ from dsrnet.errors import InputError
 from dsrnet.stopping import ignore_stop_signals
 from model import SCALES
 
-__all__ = ["TrainDataset", "StepSampler", "step_loader", "step_scale", "MULTI_SCALES"]
+__all__ = ["TrainDataset", "StepSampler", "step_loader", "step_scale"]
 
-MULTI_SCALES = SCALES  # scale=0 trains all of these at once, as the authors do (solver.py imports this name)
 
 # Tags that keep the permutation and crop random streams apart: SeedSequence zero-pads
 # its entropy, so [seed, epoch] and [seed, epoch, 0] would otherwise be the same stream.
@@ -51,14 +50,14 @@ class TrainDataset(Dataset):
                  in_memory: bool = False) -> None:
         if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
             raise InputError(f"--patch_size must be a positive integer, got {patch_size!r}")
-        if scale not in (0, *MULTI_SCALES) or isinstance(scale, bool):
+        if scale not in (0, *SCALES) or isinstance(scale, bool):
             raise InputError(f"scale must be 2, 3, 4 or 0 (multi-scale), got {scale!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         self.path = Path(path)
         self.patch_size = int(patch_size)
         self.scale = int(scale)
-        self.scales = MULTI_SCALES if scale == 0 else (int(scale),)
+        self.scales = SCALES if scale == 0 else (int(scale),)
         self.seed = int(seed)
         self._groups = ("HR", *(f"X{s}" for s in self.scales))
         self._shapes, self._arrays = self._inspect(in_memory)
@@ -80,7 +79,7 @@ class TrainDataset(Dataset):
                 for group in self._groups:
                     if not isinstance(f.get(group), h5py.Group):
                         raise InputError(f"{self.path} has no group {group}: repack with "
-                                         f"--scales {' '.join(map(str, MULTI_SCALES))}")
+                                         f"--scales {' '.join(map(str, SCALES))}")
                 n = len(f["HR"])
                 if n == 0:
                     raise InputError(f"{self.path} holds no images: repack it with dataset/div2h5.py")
@@ -212,7 +211,7 @@ class StepSampler(Sampler[int]):
 
 def step_scale(seed: int, step: int) -> int:
     """Which scale a multi-scale step trains: a function of (seed, step), identical on every rank."""
-    return MULTI_SCALES[int(np.random.default_rng([seed, step]).integers(len(MULTI_SCALES)))]
+    return SCALES[int(np.random.default_rng([seed, step]).integers(len(SCALES)))]
 
 
 def step_loader(dataset: TrainDataset, start: int, stop: int, batch: int, rank: int, world: int,

@@ -90,11 +90,9 @@ def tf32(enabled: bool) -> Iterator[None]:
 def fast_memory_format(device: str | torch.device, precision: str = "fp32") -> torch.memory_format:
     """The layout (weights and activations) in which ``precision`` ("fp32", "tf32", "bf16") runs fastest here.
 
-    Measured with ``tools/benchmarks/memory_format.py``: channels_last (NHWC) on CPUs, where oneDNN runs it
-    natively (1.16-1.34x as fast as NCHW in float32 on our 2-core EPYC: results/memory_format.md), and for
-    TF32/bf16 on CUDA (0.99-1.36x as fast as NCHW on an H200 from HR 512 up); NCHW for IEEE float32 on
-    CUDA, where cuDNN's NHWC kernels were 0.69-0.94x as fast, and at x3 its heuristics chose an FFT
-    algorithm 11-13x slower (results/memory_format_cuda.md).
+    Chosen from ``tools/benchmarks/memory_format.py`` (figures in docs/speed.md): channels_last (NHWC) on
+    CPUs, where oneDNN runs it natively, and for TF32/bf16 on CUDA; NCHW for IEEE float32 on CUDA, where
+    cuDNN's NHWC kernels were slower and, at x3, its heuristics could pick a far slower FFT algorithm.
     """
     if torch.device(device).type == "cuda" and precision == "fp32":
         return torch.contiguous_format

@@ -36,3 +36,14 @@ def benchmark_dir() -> Path:
 @pytest.fixture(scope="session")
 def train_photos() -> Path:
     return _need(TRAIN_PHOTOS)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two intra-op threads on a shared two-core box spin against each other; one is faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

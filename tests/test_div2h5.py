@@ -278,3 +278,14 @@ def test_write_failure_is_an_input_error_and_leaves_nothing(tree, tmp_path, monk
         pack_div2k(tree, tmp_path / "train.h5")
     assert _leftovers(tmp_path) == []
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))
+
+
+def test_help_explains_every_flag_and_shows_defaults():
+    run = subprocess.run([sys.executable, str(ROOT / "dataset" / "div2h5.py"), "--help"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+    assert run.returncode == 0, run.stderr
+    entries = " ".join(run.stdout.split("options:")[1].split()).split(" --")[1:]  # one per option, unwrapped
+    lines = {"--" + entry.split()[0]: entry for entry in entries}
+    assert "which DIV2K split" in lines["--dataset_type"] and "(default: train)" in lines["--dataset_type"]
+    assert "LR groups" in lines["--scales"] and "(default: [2, 3, 4])" in lines["--scales"]
+    assert "(default: DIV2K)" in lines["--dataset_dir"] and "(default: none)" in lines["--compression"]

@@ -28,12 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--patch_size", "8", "--batch_size", "4", "--num_workers", "0", "--log_interval", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def split_gate(net: Net, x: torch.Tensor) -> torch.Tensor:
@@ -239,13 +234,12 @@ def test_learned_only_flags_are_refused_elsewhere(tiny_h5, tmp_path):
 
 DDP_SCRIPT = """
 import os, sys, torch
-sys.path.insert(0, {root!r})
 from solver import Solver, parse_args
 solver = Solver(parse_args(sys.argv[1:]))
 we, picks = solver.net.wide_enhancement, []
 we.register_forward_hook(lambda m, i, o: picks.append(m.route.detach().argmax(dim=1).tolist()))
 solver.fit()
-torch.save({{"model": solver.net.state_dict(), "picks": picks, "no_vote": we.combine_votes is None}},
+torch.save({"model": solver.net.state_dict(), "picks": picks, "no_vote": we.combine_votes is None},
            os.path.join(os.environ["DUMP"], "rank%s.pt" % os.environ["RANK"]))
 """
 
@@ -254,10 +248,10 @@ def test_ddp_routes_per_sample_without_a_vote(tiny_h5, tmp_path):
     """gloo, 2 CPU ranks x batch 2: no batch-wide vote is installed, the samples of one global batch take
     different branches, and the weights (the gate's included) stay in sync."""
     script = tmp_path / "ddp_learned.py"
-    script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
+    script.write_text(DDP_SCRIPT)
     dump = tmp_path / "dump"
     dump.mkdir()
-    env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DUMP": str(dump), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     torch.manual_seed(0)
     start = Net(scale=2)
     with torch.no_grad():

@@ -112,13 +112,13 @@ def test_stale_temps_match_only_the_names_asked_for(tmp_path):
 
 # ------------------------------------------------------------------------------- the folder lock
 
-HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[2]); from dsrnet.run_lock import RunLock; "
+HOLDER = ("import sys, time; from dsrnet.run_lock import RunLock; "
           "lock = RunLock(sys.argv[1]); print('held', flush=True); time.sleep(120)")
 
 
 def test_the_lock_names_its_holder_dies_with_it_and_is_shared_within_a_process(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), str(ROOT)], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(InputError, match=f"in use by another training run \\(pid {holder.pid} on {HOST}\\)"):

@@ -36,13 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--patch_size", "8", "--batch_size", "4", "--num_workers", "0", "--log_interval", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads on a shared two-core box spin against each other; one is faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
@@ -358,21 +352,21 @@ def test_init_from_authors_x2(data, tmp_path, weights_x2, capsys):
 
 DDP_SCRIPT = """
 import os, sys, torch
-sys.path.insert(0, {root!r})
 from model.dsrnet import Gate
 from solver import Solver, parse_args
 if os.environ["RANK"] == "1":  # this rank's gate always votes 'selected' (its noise is still drawn)
     Gate.forward = lambda self, x6: torch.tensor([[100.0, -100.0]]).expand(x6.shape[0], 2)
 solver = Solver(parse_args(sys.argv[1:]))
 solver.fit()
-torch.save({{"model": solver.net.state_dict(), "branches": dict(solver.net.wide_enhancement.branch_counts)}},
+torch.save({"model": solver.net.state_dict(), "branches": dict(solver.net.wide_enhancement.branch_counts)},
            os.path.join(os.environ["DUMP"], "rank%s.pt" % os.environ["RANK"]))
 """
 
 
 def torchrun(script: Path, dump: Path, *args: str) -> subprocess.CompletedProcess:
     dump.mkdir()
-    env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DUMP": str(dump), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), *args], capture_output=True, text=True, env=env, timeout=240)
 
@@ -381,7 +375,7 @@ def test_ddp_two_cpu_ranks_stay_in_sync_and_resume_exactly(data, tmp_path):
     """gloo, 2 ranks x batch 2. Rank 1 is made to vote 'selected' at every step while rank 0's sampled
     gate alone picks 'fixed' (at all 8 steps with this seed): the shared vote must make both run 'selected'."""
     script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
+    script.write_text(DDP_SCRIPT)
     common = ["--train_data_path", str(data["h5"]), "--ckpt_dir", str(tmp_path / "ck"), *TINY,
               "--max_steps", "8", "--print_interval", "4", "--num_gpu", "2"]
     first = torchrun(script, tmp_path / "straight", *common)

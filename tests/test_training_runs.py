@@ -22,17 +22,13 @@ from dataset.imresize import imresize
 from dataset.io import write_image
 from dsrnet.errors import InputError
 from model import load_checkpoint, read_checkpoint
+import solver as solver_module
 from solver import Solver, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +141,9 @@ def test_init_from_is_ignored_on_resume_with_a_note(pack, tmp_path, capsys):
 
 
 def test_training_banner_counts_parameters_as_the_readme(pack, tmp_path):
-    assert "934,578 trainable + 24 frozen (mean shift) parameters" in make(pack, tmp_path).describe()
+    s = make(pack, tmp_path)
+    line = solver_module.banner(s.cfg, s.net, s.device, s.world, len(s.dataset), s.step)
+    assert "934,578 trainable + 24 frozen (mean shift) parameters" in line
 
 
 # ------------------------------------------------------------------ checkpoint disk and lineage

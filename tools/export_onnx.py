@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from dsrnet.provenance import environment
 from model import GATE_MODES, load_checkpoint, scale_name
 from model.dsrnet import SCALES, Net
 from tools.benchmarks.report import printed_to, provenance
+from tools.benchmarks.timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,19 +110,6 @@ def check(path: str | os.PathLike, net: Net, scale: int, sizes: Sequence[tuple[i
     return worst
 
 
-def _interleaved_median_ms(runs: Sequence[Callable[[], object]], repeats: int) -> list[float]:
-    """Each run once per round, in turn, so that a busy machine slows them alike; medians in ms."""
-    for run in runs:
-        run()  # warm-up: allocations, kernel selection
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for run, kept in zip(runs, times):
-            t0 = time.perf_counter()
-            run()
-            kept.append(time.perf_counter() - t0)
-    return [statistics.median(t) * 1e3 for t in times]
-
-
 def compare_speed(path: str | os.PathLike, net: Net, scale: int, lr_hw: tuple[int, int] = (128, 128),
                   repeats: int = SPEED_ROUNDS) -> tuple[float, float]:
     """(ONNX Runtime ms, PyTorch ms): medians on one random 1x3xHxW LR input, both on the CPU.
@@ -135,9 +121,9 @@ def compare_speed(path: str | os.PathLike, net: Net, scale: int, lr_hw: tuple[in
     x = torch.rand(1, 3, *lr_hw)
     feed = {"lr": x.numpy()}
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    ort_ms, torch_ms = _interleaved_median_ms([lambda: session.run(["sr"], feed),
-                                               lambda: _torch_sr(net, x_cl, scale)], repeats)
-    return ort_ms, torch_ms
+    seconds = interleaved({"onnxruntime": lambda: session.run(["sr"], feed),
+                           "pytorch": lambda: _torch_sr(net, x_cl, scale)}, repeats, 1, torch.device("cpu"))
+    return seconds["onnxruntime"] * 1e3, seconds["pytorch"] * 1e3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

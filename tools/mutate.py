@@ -1,7 +1,7 @@
 """Mutation check: break the code on purpose, one mutation at a time, and see whether the tests notice.
 
     python -m tools.mutate                      # every mutation below, on this checkout
-    python -m tools.mutate --repo /work/other   # on another checkout (e.g. an older commit's worktree)
+    python -m tools.mutate --repo ../old         # on another checkout (e.g. an older commit's worktree)
     python -m tools.mutate --only tile --list   # names matching 'tile', without running anything
 
 Not part of CI (it runs the matching test files once per mutation: minutes). The tracked files of the

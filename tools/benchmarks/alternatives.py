@@ -28,8 +28,9 @@ from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
 from model import load_checkpoint
 from model.inference import image_to_tensor
-from tools.benchmarks.inference import find_weights, interleaved
+from tools.benchmarks.inference import find_weights
 from tools.benchmarks.report import printed_to, provenance, require_at_least
+from tools.benchmarks.timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 

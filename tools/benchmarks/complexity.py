@@ -15,10 +15,8 @@ import argparse
 import itertools
 import math
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -34,6 +32,7 @@ from model import SCALES, Net, file_sha256, load_checkpoint, read_checkpoint, sc
 from model.flops import count_flops, meta_net
 from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32
 from tools.benchmarks.report import WEIGHTS_CANDIDATES, require_at_least
+from tools.benchmarks.timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -209,18 +208,8 @@ def peak_memory_cuda(net: Net, x: torch.Tensor, scale: int, autograd: bool = Fal
 def time_forward(net: Net, x: torch.Tensor, scale: int, repeats: int, warmup: int, bf16: bool = False) -> float:
     """Median wall time (ms) of ``net(x, scale)`` under inference_mode (and bf16 autocast if asked, as
     ``sample.py --bf16``), synchronising the GPU around each run."""
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    times = []
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        for _ in range(warmup):
-            net(x, scale)
-        sync()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            net(x, scale)
-            sync()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        return interleaved({"forward": lambda: net(x, scale)}, repeats, warmup, x.device)["forward"] * 1e3
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -353,7 +342,7 @@ def render(params: dict[int, list[tuple[str, int]]], groups: dict[int, dict[str,
         + ". LR = HR // scale. "
         "float32 is the evaluation protocol; the bf16 rows (opt-in `sample.py --bf16`, measured only where "
         "bfloat16 is native) trade a little accuracy for speed: the authors' x2 weights score within 0.015 dB "
-        "of float32 on Set5/Set14/B100 (README, Speed).", "",
+        "of float32 on Set5/Set14/B100 (docs/evaluation.md#precision).", "",
         _table(["scale", *(f"HR {hr} ms" for hr in sizes)],
                [[f"x{s}{' bf16' if bf16 else ''}", *(ms(s, hr, bf16) for hr in sizes)]
                 for bf16 in sorted({b for _, _, b in runtime}) for s in SCALES]

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import io
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -45,6 +44,7 @@ from model.inference import (
 from model.reference import reference_forward
 from tools.benchmarks.complexity import count_flops, meta_net
 from tools.benchmarks.report import WEIGHTS_CANDIDATES, printed_to, provenance, require_at_least
+from tools.benchmarks.timing import interleaved, timed
 
 BF16_PATH = "sample.py --bf16 (opt-in)"
 TF32_PATH = "sample.py --tf32 (opt-in, CUDA)"
@@ -71,28 +71,6 @@ def authors_state_dict(weights: Path) -> dict[str, torch.Tensor]:
                          "is not one (e.g. a checkpoint of this repository's trainer): pass --ckpt_path to "
                          "DSRNet_x2_600000.pth")
     return raw
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
-
-
-def interleaved(paths: dict[str, Callable[[], object]], rounds: int, warmup: int,
-                device: torch.device) -> dict[str, float]:
-    """Median seconds per path; each round times every path once, in turn."""
-    for _ in range(warmup):
-        for fn in paths.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(rounds):
-        for name, fn in paths.items():
-            times[name].append(timed(fn, device))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_roof(device: torch.device, precision: str = "fp32", n: int = 2048, rounds: int = 5) -> float:

@@ -23,8 +23,8 @@ from dsrnet.errors import InputError, run_cli
 from dsrnet.provenance import environment
 from model.dsrnet import SCALES, Net
 from model.inference import bf16_supported, tf32
-from tools.benchmarks.inference import interleaved
 from tools.benchmarks.report import printed_to, provenance, require_at_least
+from tools.benchmarks.timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,6 @@ from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.errors import InputError
 from dsrnet.provenance import git_description
 
-
 # The authors' x2 file where users put it, then where CI keeps it (../shared, outside the repository).
 WEIGHTS_CANDIDATES = (AUTHORS_WEIGHTS, ROOT.parent / "shared" / "weights" / AUTHORS_WEIGHTS.name)
 
