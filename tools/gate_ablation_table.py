@@ -1,6 +1,6 @@
 """The markdown tables of the gate ablation (tools/gate_ablation.sh) from its reports and training logs.
 
-    python -m tools.gate_ablation_table /work/ablation > table.md
+    python -m tools.gate_ablation_table runs/gate_ablation > table.md
 
 Reads OUT/eval/<run>_<gate>.json (sample.py reports) and OUT/<run>/log.csv (training logs).
 """
