@@ -31,18 +31,17 @@ import numpy as np
 import sample
 from dataset.div2h5 import pack_hr_folder
 from dataset.io import atomic_write_bytes, write_image
-from dsrnet import AUTHORS_WEIGHTS
+from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult
 from dsrnet.provenance import environment, git_description
-from dsrnet.rng import MAX_SEED
+from dsrnet.rng import NUMPY_MAX_SEED
 from model import read_checkpoint, scale_name
 from solver import Solver
 from solver import parse_args as solver_args
 from tools import visualize
 
-ROOT = Path(__file__).resolve().parent
 
 SCALE = 2
 CKPT_NAME = "dsrnet_x2_demo"
@@ -84,8 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.seed < 0 or cfg.num_workers < 0:
         raise InputError(f"--seed ({cfg.seed}) and --num_workers ({cfg.num_workers}) must be >= 0")
-    if cfg.seed > MAX_SEED:
-        raise InputError(f"--seed {cfg.seed} is above {MAX_SEED}, the largest seed numpy takes: pass a smaller one")
+    if cfg.seed > NUMPY_MAX_SEED:
+        raise InputError(f"--seed {cfg.seed} is above {NUMPY_MAX_SEED}, the largest seed numpy takes: "
+                         "pass a smaller one")
     cfg.crop = budget["crop"]
     cfg.argv = sys.argv[1:] if argv is None else list(argv)
     return cfg

@@ -54,7 +54,8 @@ from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, require_scorable
 from dsrnet.resume import apply_resume_defaults, given_flags
 from dsrnet.metrics import to_uint8
-from dsrnet.rng import MAX_SEED, seed_everything
+from dsrnet.provenance import environment
+from dsrnet.rng import NUMPY_MAX_SEED, seed_everything
 from dsrnet.run_lock import RunLock
 from dsrnet.run_log import RunLog, Throughput
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
@@ -84,8 +85,8 @@ def _positive_float(text: str) -> float:
 
 def _seed(text: str) -> int:
     value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED} (numpy's seed range), got {value}")
+    if not 0 <= value <= NUMPY_MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{NUMPY_MAX_SEED} (numpy's seed range), got {value}")
     return value
 
 
@@ -344,6 +345,7 @@ class Solver:
         self.ckpt_dir = Path(cfg.ckpt_dir)
         self.lock = claim_folder(self.ckpt_dir, cfg.ckpt_name, self.rank)
         self.checkpoints = RunCheckpoints(self.ckpt_dir, cfg.ckpt_name, cfg.keep_last)
+        self.env = environment()  # versions, command, git: recorded in every checkpoint of the run
         with self.lock.released_on_error():
             self.load_data()
             self.build_model()
@@ -499,7 +501,7 @@ class Solver:
         """Rank 0: the weights-only best (mean validation PSNR) and final files; returns ``scores``."""
         if self.rank == 0:
             psnr = [v for k, v in scores.items() if k.endswith("_psnr")]
-            self.checkpoints.save_weights(weights_checkpoint(self.cfg, self.step, self.net, scores),
+            self.checkpoints.save_weights(weights_checkpoint(self.cfg, self.step, self.net, scores, self.env),
                                           float(np.mean(psnr)) if psnr else None, self.step == self.cfg.max_steps)
         return scores
 
@@ -511,7 +513,7 @@ class Solver:
         if self.rank == 0:
             with naming_the_kept_checkpoint(self.checkpoints):
                 self.checkpoints.save(step, training_checkpoint(self.cfg, step, self.net, self.optim, self.scaler,
-                                                                self.loss_sum, self.loss_count, self.world))
+                                                                self.loss_sum, self.loss_count, self.world, self.env))
         if self.world > 1:
             torch.distributed.barrier()
         return path

@@ -19,7 +19,6 @@ import torch
 from dataset.io import atomic_write_bytes
 from dsrnet.distributed import print_rank0
 from dsrnet.errors import InputError
-from dsrnet.provenance import environment
 from dsrnet.rng import capture_rng_states, restore_rng_states
 from model import Net, read_checkpoint
 
@@ -79,14 +78,19 @@ RUN_FLAGS = ("lr", "decay", "clip", "loss_fn", "batch_size", "patch_size", "seed
              "train_data_path", "deterministic")
 
 
+def _header(cfg: argparse.Namespace, step: int, net: Net, env: dict) -> dict:
+    """What every checkpoint of a run holds: what sample.py loads (weights, scale, group) and its provenance."""
+    return {"model": net.state_dict(), "scale": cfg.scale, "group": cfg.group, "step": step, "seed": cfg.seed,
+            "config": vars(cfg), "environment": env}
+
+
 def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler, loss_sum: float, loss_count: int, world: int) -> dict:
-    """What sample.py loads (weights, scale, group) plus everything a bit-exact resume needs."""
+                        scaler: torch.amp.GradScaler, loss_sum: float, loss_count: int, world: int,
+                        env: dict) -> dict:
+    """The header plus everything a bit-exact resume needs. ``env``: :func:`dsrnet.provenance.environment`,
+    taken once when the run starts (the code it describes is what the process imported)."""
     return {
-        "model": net.state_dict(),
-        "scale": cfg.scale, "group": cfg.group, "step": step, "seed": cfg.seed,
-        "config": vars(cfg),
-        "environment": environment(),
+        **_header(cfg, step, net, env),
         "train_state": {
             "optimizer": optim.state_dict(),
             "grad_scaler": scaler.state_dict(),
@@ -99,10 +103,9 @@ def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: tor
     }
 
 
-def weights_checkpoint(cfg: argparse.Namespace, step: int, net: Net, scores: dict[str, float]) -> dict:
+def weights_checkpoint(cfg: argparse.Namespace, step: int, net: Net, scores: dict[str, float], env: dict) -> dict:
     """A small file sample.py loads (no training state): the weights at ``step`` and their validation scores."""
-    return {"model": net.state_dict(), "scale": cfg.scale, "group": cfg.group, "step": step, "seed": cfg.seed,
-            "config": vars(cfg), "environment": environment(), "valid": scores}
+    return {**_header(cfg, step, net, env), "valid": scores}
 
 
 def read_resumable(path: Path, cfg: argparse.Namespace) -> dict:
@@ -164,9 +167,8 @@ def _recorded(path: Path) -> dict:
     return ckpt if isinstance(ckpt, dict) else {}
 
 
-def _step_and_lineage(path: Path) -> tuple[int, str | None]:
-    """The step and run lineage a checkpoint file records (full or weights-only); (0, None) if it records none."""
-    ckpt = _recorded(path)
+def _step_and_lineage(ckpt: dict) -> tuple[int, str | None]:
+    """The step and run lineage a checkpoint records (full or weights-only); (0, None) if it records none."""
     return int(ckpt.get("step", 0)), (ckpt.get("train_state") or {}).get("lineage") or ckpt.get("lineage")
 
 
@@ -226,12 +228,13 @@ class RunCheckpoints:
                             if (s := checkpoint_step(Path(n), self.name)) is not None and s <= step]
         files = [p for p in self.folder.glob(f"{self.name}_*.pth") if (checkpoint_step(p, self.name) or 0) > step]
         files += [p for p in (self.best_path, self.final_path) if p.is_file()]
-        recorded = {p: _step_and_lineage(p) for p in files}
-        later = [p for p, (at, lineage) in recorded.items() if at > step and lineage == self.lineage]
+        recorded = {p: _recorded(p) for p in files}
+        ours = {p for p, ckpt in recorded.items() if _step_and_lineage(ckpt)[1] == self.lineage}
+        later = [p for p in files if p in ours and _step_and_lineage(recorded[p])[0] > step]
         if later:
             self.set_aside(later, step)
-        if self.best_path in recorded and self.best_path not in later and recorded[self.best_path][1] == self.lineage:
-            self.best_psnr = _recorded(self.best_path).get("mean_psnr")
+        if self.best_path in ours and self.best_path not in later:
+            self.best_psnr = recorded[self.best_path].get("mean_psnr")
 
     def set_aside(self, files: list[Path], step: int) -> None:
         """Move ``files`` into a new ``abandoned_after_step_{step}`` folder beside them, saying so."""

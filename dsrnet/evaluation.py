@@ -28,7 +28,7 @@ Upscaler = Callable[[np.ndarray], np.ndarray]  # LR uint8 HWC -> SR uint8 HWC
 
 
 def method_sr_folder(root: str | Path, dataset: str, scale: int, method: str) -> Path:
-    """Where ``sample.py`` saves one method's SR images of one test set; ``visualize.py`` reads them back."""
+    """Where ``sample.py`` saves one method's SR images of one test set; ``tools/visualize.py`` reads them back."""
     return Path(root) / dataset / f"x{scale}" / method.lower()
 
 

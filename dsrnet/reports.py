@@ -31,7 +31,7 @@ def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[
         "shave": "scale" if cfg.shave is None else cfg.shave,
         "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tf32": cfg.tf32,
         "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
-        # Where the HR and the saved SR images are, so visualize.py can draw from the report alone.
+        # Where the HR and the saved SR images are, so tools/visualize.py can draw from the report alone.
         "test_data_dirs": [str(Path(d).resolve()) for d in test_dirs],
         "sr_dir": None if cfg.no_save else str((Path(cfg.sample_dir) / (ckpt.stem if ckpt else "bicubic")).resolve()),
     }

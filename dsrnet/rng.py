@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 # The largest seed seed_everything takes: numpy's legacy np.random.seed stops at 2**32 - 1 (torch takes more).
-MAX_SEED = 2**32 - 1
+NUMPY_MAX_SEED = 2**32 - 1
 
 
 def seed_everything(seed: int) -> None:

@@ -180,14 +180,16 @@ class WideEnhancement(nn.Module):
         picks = route.detach().argmax(dim=1)
         if self.training:
             self.route = route
-            self._count_picks(picks)
+            self._count_routes(int(picks.sum()), picks.numel())
             w = route.to(x6.dtype).view(-1, 2, 1, 1)
             return w[:, 0:1] * self.selected_branch(x6) + w[:, 1:2] * self.fixed_branch(x6)
         if torch.onnx.is_in_onnx_export():  # a static graph: both branches, each sample keeps its own
             return torch.where(picks.view(-1, 1, 1, 1) == 1, self.fixed_branch(x6), self.selected_branch(x6))
-        self._count_picks(picks)
-        if bool((picks == picks[0]).all()):
-            return (self.fixed_branch if int(picks[0]) == 1 else self.selected_branch)(x6)
+        on_host = picks.tolist()  # the one device-to-host copy of an evaluation forward
+        n_fixed = sum(on_host)
+        self._count_routes(n_fixed, len(on_host))
+        if n_fixed in (0, len(on_host)):
+            return (self.fixed_branch if n_fixed else self.selected_branch)(x6)
         out = torch.empty_like(x6)
         for k, branch in enumerate((self.selected_branch, self.fixed_branch)):
             idx = (picks == k).nonzero().flatten()
@@ -200,11 +202,10 @@ class WideEnhancement(nn.Module):
             self.branch_counts[choice] += 1
             self.routed[choice] += n
 
-    def _count_picks(self, picks: torch.Tensor) -> None:
-        n_fixed = int(picks.sum())
-        for choice, n in (("selected", picks.numel() - n_fixed), ("fixed", n_fixed)):
-            if n:
-                self._count(choice, n)
+    def _count_routes(self, n_fixed: int, n: int) -> None:
+        for choice, k in (("selected", n - n_fixed), ("fixed", n_fixed)):
+            if k:
+                self._count(choice, k)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x6 = conv6(conv5(x)): what the gate pools and both branches read."""

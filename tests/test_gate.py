@@ -164,7 +164,7 @@ def test_tiles_and_self_ensemble_route_with_the_whole_image():
     assert learned_decision(net, x, tile=60, overlap=20) == "fixed"
     whole = super_resolve(net, lr, 2)
     net.wide_enhancement.routed.clear()
-    tiled = super_resolve(net, lr, 2, tile=60, tile_overlap=20)  # overlap >= the receptive radius (19)
+    tiled = super_resolve(net, lr, 2, tile=60, tile_overlap=20)  # overlap >= the receptive radius (18)
     assert set(net.wide_enhancement.routed) == {"fixed"}
     assert (tiled - whole).abs().max().item() <= 1e-4
     net.wide_enhancement.routed.clear()

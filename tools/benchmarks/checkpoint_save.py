@@ -2,7 +2,7 @@
 
     python -m tools.benchmarks.checkpoint_save --dir checkpoint --repeats 15
 
-The checkpoint is the Solver's own (x2 weights, Adam state after one step, RNG states), about 12 MB.
+The checkpoint is the Solver's own (x2 weights, Adam state for every parameter, RNG states), about 11 MB.
 Saves alternate between the two ways (A B A B ...), so a busy machine slows both alike; the medians are
 printed. Without fsync the data may still sit in the page cache when the call returns, which is what the
 second row times.
@@ -22,7 +22,8 @@ import torch
 from dataset.io import ensure_writable
 from dsrnet.checkpoints import save_checkpoint
 from dsrnet.cli import HelpFormatter
-from dsrnet.errors import InputError, run_cli
+from tools.benchmarks.report import require_at_least
+from dsrnet.errors import run_cli
 from dsrnet.rng import capture_rng_states
 from model import Net
 
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dir", default="checkpoint", help="folder on the disk checkpoints go to (default checkpoint)")
     p.add_argument("--repeats", type=int, default=15, help="saves per way (default 15)")
     cfg = p.parse_args(argv)
-    if cfg.repeats < 1:
-        raise InputError(f"--repeats must be at least 1, got {cfg.repeats}")
+    require_at_least(cfg, repeats=1)
     ensure_writable(Path(cfg.dir) / "probe")
     Path(cfg.dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cfg.dir) as folder:

@@ -50,7 +50,7 @@ trap 'rm -rf "$tmp"' EXIT
 h5=$tmp/photos.h5
 step 120 "$py" dataset/div2h5.py --hr_dir "$shared/data/train/Sun-Hays80" --output "$h5"
 step 240 "$py" -m tools.benchmarks.training --train_data_path "$h5" --scale 2 --batch_size 64 --patch_size 64 \
-    --steps 100 --num_workers 4 --report "$out/speed_training_cuda.md"
+    --steps 100 --num_workers 4 --report "$out/speed_training_x2_cuda.md"
 step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --tf32
 step 120 "$py" sample.py --cuda --ckpt_path "$weights" --test_data_dir "${sets[@]}" --no_save --bf16
 step 120 "$py" -m tools.benchmarks.inference --device cuda --ckpt_path "$weights" --size 512 --rounds 30 --warmup 5 \
