@@ -22,6 +22,7 @@ from dsrnet.metrics import QUANTIZE_MODES, luma, to_uint8
 from dsrnet.reports import check_report_writable, report_settings, write_report
 from dsrnet.upscale import Method, bicubic_method, plan_outputs, upscale_inputs
 from model import GATE_MODES, Net, load_checkpoint
+from model.flops import upsampler_groups
 from model.inference import (
     MIN_TILE_CORE,
     RECEPTIVE_RADIUS,
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     table = markdown_table(results)
     print("\n" + table)
     if cfg.report:
-        write_report(Path(cfg.report), results, report_settings(cfg, ckpt, test_dirs), table)
+        write_report(Path(cfg.report), results, report_settings(cfg, ckpt, test_dirs, upsampler_groups(net) if net is not None else None),
+                     table)
     return results
 
 

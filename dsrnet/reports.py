@@ -22,11 +22,12 @@ def check_report_writable(report: Path) -> None:
         ensure_writable(path)
 
 
-def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[str]) -> dict:
-    """How the results were made: the flags that change scores, and where the images are."""
+def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[str], group: int | None) -> dict:
+    """How the results were made: the flags that change scores, and where the images are. ``group`` is the
+    upsampler's conv groups the net was built with (``--group`` or the checkpoint's; None for bicubic alone)."""
     return {
         "checkpoint": str(ckpt) if ckpt else None,
-        "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
+        "checkpoint_sha256": file_sha256(ckpt) if ckpt else None, "group": group,
         "gate_mode": cfg.gate, "seed": cfg.seed, "quantize": cfg.quantize,
         "shave": "scale" if cfg.shave is None else cfg.shave,
         "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tf32": cfg.tf32,

@@ -182,6 +182,22 @@ def test_curves_draw_bicubic_on_the_validation_set_the_checkpoint_records(tmp_pa
     assert not any("bicubic" in t for t in _legend(figures[-1], 1))
 
 
+def test_curves_draw_the_learned_gates_fixed_share_in_a_third_panel(tmp_path, figures):
+    plain = _log(tmp_path / "static", 20.0)
+    gated = tmp_path / "learned" / "log.csv"
+    gated.parent.mkdir()
+    shares = [0.8, 0.5, 0.2, 0.05]
+    gated.write_text("step,loss,lr,samples_per_s,fixed_share\n"
+                     + "".join(f"{10 * (i + 1)},{0.01},{1e-3},40.0,{v}\n" for i, v in enumerate(shares)))
+    visualize.main(["curves", "--log", str(plain), "--no_bicubic", "--out", str(tmp_path / "plain.png")])
+    assert len(figures[-1].axes) == 3  # loss, psnr, lr twin: no gate panel without the column
+    visualize.main(["curves", "--log", str(plain), str(gated), "--no_bicubic", "--out", str(tmp_path / "both.png")])
+    gate_panel = figures[-1].axes[2]
+    assert "fixed" in gate_panel.get_title()
+    assert [t.get_text() for t in gate_panel.get_legend().get_texts()] == ["learned"]
+    assert list(gate_panel.get_lines()[0].get_ydata()) == shares
+
+
 def test_curves_of_several_runs_side_by_side(tmp_path, photos, figures, monkeypatch, capsys):
     monkeypatch.setenv("DSRNET_CACHE", str(tmp_path / "cache"))
     logs = [str(_log(tmp_path / name, psnr)) for name, psnr in (("a", 20.0), ("b", 22.0))]

@@ -49,6 +49,7 @@ def test_report_csv_markdown_and_images(weights_x2, small_set, tmp_path):
     assert rows["DSRNet"]["gate_branches"] == {"selected": 2}
     s = doc["settings"]
     assert s["gate_mode"] == "selected" and s["quantize"] == "truncate" and s["shave"] == "scale"
+    assert s["group"] == 1
     assert s["checkpoint_sha256"] == "a3ecaa491d8200676d6ae80295786c60724d1f2504d64cb7fff35d38745b7bc3"
     assert doc["environment"]["torch"] == torch.__version__
     assert "| Mini | x2 |" in report.with_suffix(".md").read_text()
@@ -57,6 +58,16 @@ def test_report_csv_markdown_and_images(weights_x2, small_set, tmp_path):
     sr = read_image(tmp_path / "sr" / "DSRNet_x2_600000" / "Mini" / "x2" / "dsrnet" / "img_001_SR.png")
     assert sr.shape == (96, 120, 3)
     assert results[1].psnr == rows["DSRNet"]["psnr"]
+
+
+def test_report_records_the_upsampler_group_the_net_was_built_with(small_set, tmp_path):
+    torch.save({"model": Net(2, group=2).state_dict(), "group": 2}, tmp_path / "g2.pth")
+    sample.main(["--ckpt_path", str(tmp_path / "g2.pth"), "--test_data_dir", str(small_set), "--no_save",
+                 "--report", str(tmp_path / "g2.json"), "--quiet"])
+    assert json.loads((tmp_path / "g2.json").read_text())["settings"]["group"] == 2  # the checkpoint's, no flag
+    sample.main(["--bicubic", "--scale", "2", "--test_data_dir", str(small_set), "--no_save",
+                 "--report", str(tmp_path / "bic.json"), "--quiet"])
+    assert json.loads((tmp_path / "bic.json").read_text())["settings"]["group"] is None
 
 
 def test_deterministic_default(weights_x2, small_set, tmp_path, monkeypatch):

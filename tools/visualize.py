@@ -433,10 +433,23 @@ def _plot_psnr(ax, runs: list[_Run], references: dict[str, float]) -> None:
     ax.set(title="Validation PSNR (Y)", xlabel="step", ylabel="PSNR (dB)")
 
 
+def _plot_fixed_share(ax, runs: list[_Run]) -> None:
+    """The learned gate's ``fixed_share`` column: the share of training patches routed to the costlier branch."""
+    for i, run in enumerate(runs):
+        if "fixed_share" in run.cols:
+            ok = ~np.isnan(run.cols["fixed_share"])
+            ax.plot(run.cols["step"][ok], run.cols["fixed_share"][ok], color=f"C{i}" if len(runs) > 1 else "tab:blue",
+                    linewidth=1.2, label=run.label)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set(title="Learned gate: share of patches to 'fixed'", xlabel="step", ylabel="fixed_share")
+    ax.legend(fontsize=8, loc="best")
+
+
 def training_curves(logs: str | Path | Sequence[str | Path], out: str | Path,
                     references: dict[str, float] | None = None, title: str | None = None,
                     labels: Sequence[str] | None = None) -> Path:
-    """Loss (log scale) with the learning rate on a twin axis, and every ``*_psnr`` validation column.
+    """Loss (log scale) with the learning rate on a twin axis, every ``*_psnr`` validation column, and the learned
+    gate's ``fixed_share`` in a third panel when a log has that column.
 
     Several logs are overlaid, one colour per run, labelled with ``labels`` (default: each log's folder).
     ``references`` draws labelled horizontal lines on the PSNR panel (e.g. bicubic on the validation set,
@@ -445,11 +458,15 @@ def training_curves(logs: str | Path | Sequence[str | Path], out: str | Path,
     paths = [Path(logs)] if isinstance(logs, (str, Path)) else [Path(p) for p in logs]
     _check_labels(labels, paths, "--log")
     runs = [_Run(labels[i] if labels else _run_label(p, paths), *_read_log(p)) for i, p in enumerate(paths)]
-    fig = Figure(figsize=(11, 4) if len(runs) == 1 else (12, 4.6), layout="constrained")
-    ax_loss, ax_psnr = fig.subplots(1, 2)
-    _plot_loss(ax_loss, runs)
-    _plot_psnr(ax_psnr, runs, references or {})
-    for ax in (ax_loss, ax_psnr):
+    gated = any("fixed_share" in run.cols for run in runs)
+    width = (11 if len(runs) == 1 else 12) * (1.5 if gated else 1)
+    fig = Figure(figsize=(width, 4 if len(runs) == 1 else 4.6), layout="constrained")
+    axes = fig.subplots(1, 3 if gated else 2)
+    _plot_loss(axes[0], runs)
+    _plot_psnr(axes[1], runs, references or {})
+    if gated:
+        _plot_fixed_share(axes[2], runs)
+    for ax in axes:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
@@ -630,7 +647,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="zoom region in HR pixels (default: where the model gains most over bicubic)")
     c.add_argument("--out", help="PNG to write (default: REPORT_compare.png beside the first report)")
     k = sub.add_parser("curves", formatter_class=HelpFormatter,
-                       help="loss, lr and validation PSNR against step from Solver log.csv files")
+                       help="loss, lr, validation PSNR (and the learned gate's fixed_share) against step from Solver log.csv files")
     k.add_argument("--log", nargs="+", required=True, help="CKPT_DIR/log.csv of one run, or of several to overlay")
     k.add_argument("--label", nargs="+", help="one name per log (default: each log's folder)")
     k.add_argument("--valid_data_dir", nargs="+",
