@@ -76,6 +76,15 @@ def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int |
 
     SR images are written as PNG under ``save_dir`` when given, with a per-image CSV beside them.
     """
+    result = _score_set(upscale, test_set, method, shave, save_dir, workers, progress)
+    if save_dir is not None:
+        write_per_image_csv(save_dir / "per_image.csv", [result])
+    return result
+
+
+def _score_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int | None, save_dir: Path | None,
+               workers: int, progress: bool) -> SetResult:
+    """:func:`evaluate_set` short of its per-image CSV."""
     shave = test_set.scale if shave is None else shave
     start = time.perf_counter()
     bar = _progress(len(test_set.pairs), f"{method} {test_set.name} x{test_set.scale}", progress)
@@ -83,28 +92,25 @@ def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int |
         images = _run_pipelined(upscale, test_set, shave, save_dir, workers, bar)
     finally:
         bar.close()
-    result = SetResult(dataset=test_set.name, scale=test_set.scale, method=method,
-                       psnr=float(np.mean([r.psnr for r in images])),
-                       ssim=float(np.mean([r.ssim for r in images])),
-                       n_images=len(images), seconds=time.perf_counter() - start,
-                       layout=test_set.layout, shave=shave, images=images)
-    if save_dir is not None:
-        write_per_image_csv(save_dir / "per_image.csv", [result])
-    return result
+    return SetResult(dataset=test_set.name, scale=test_set.scale, method=method,
+                     psnr=float(np.mean([r.psnr for r in images])), ssim=float(np.mean([r.ssim for r in images])),
+                     n_images=len(images), seconds=time.perf_counter() - start,
+                     layout=test_set.layout, shave=shave, images=images)
 
 
 def evaluate_routed(upscale: Upscaler, net: Net, test_set: TestSet, method: str, passes: int = 1,
-                    **how) -> SetResult:
+                    shave: int | None = None, save_dir: Path | None = None, workers: int = 2,
+                    progress: bool = False) -> SetResult:
     """:func:`evaluate_set` for a DSRNet upscaler, adding how often each branch ran (``gate_branches``), each
     image's branch and GFLOPs, and the branch counts over the images (``branches``); ``passes`` forwards
     make one image (8 with self-ensemble)."""
     net.wide_enhancement.branch_counts.clear()
     routed = RoutedUpscaler(upscale, net, test_set.scale, passes)
-    result = evaluate_set(routed, test_set, method, **how)
+    result = _score_set(routed, test_set, method, shave, save_dir, workers, progress)
     result.gate_branches = dict(net.wide_enhancement.branch_counts)
     routed.attach(result)
-    if how.get("save_dir") is not None:  # evaluate_set wrote it before the branches were known
-        write_per_image_csv(how["save_dir"] / "per_image.csv", [result])
+    if save_dir is not None:  # once the branches are known
+        write_per_image_csv(save_dir / "per_image.csv", [result])
     return result
 
 

@@ -55,7 +55,10 @@ def test_report_csv_markdown_and_images(weights_x2, small_set, tmp_path):
     assert "| Mini | x2 |" in report.with_suffix(".md").read_text()
     csv_lines = (tmp_path / "rep_per_image.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 4
-    sr = read_image(tmp_path / "sr" / "DSRNet_x2_600000" / "Mini" / "x2" / "dsrnet" / "img_001_SR.png")
+    folder = tmp_path / "sr" / "DSRNet_x2_600000" / "Mini" / "x2" / "dsrnet"
+    beside = folder.joinpath("per_image.csv").read_text().splitlines()  # with the branch each image took
+    assert "branch" in beside[0].split(",") and len(beside) == 3 and all(",selected," in r for r in beside[1:])
+    sr = read_image(folder / "img_001_SR.png")
     assert sr.shape == (96, 120, 3)
     assert results[1].psnr == rows["DSRNet"]["psnr"]
 
