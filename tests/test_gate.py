@@ -350,18 +350,22 @@ def test_cli_learned_only_flag_error_is_one_line(tiny_h5, tmp_path):
 def test_ablation_table_reads_reports_and_logs(tmp_path, capsys):
     from tools import gate_ablation_table
 
-    for seed, psnr in ((0, 30.0), (1, 30.5)):
+    for gate, seed, psnr in (("learned", 0, 30.0), ("learned", 1, 30.5), ("selected", 0, 29.0), ("selected", 1, 29.2)):
         rows = [{"dataset": s, "psnr": psnr, "ssim": 0.9, "branches": {"selected": 3, "fixed": 2},
                  "gflops_per_image": 12.34} for s in gate_ablation_table.SETS]
         (tmp_path / "eval").mkdir(exist_ok=True)
-        (tmp_path / "eval" / f"scratch_learned_s{seed}_learned.json").write_text(
-            json.dumps({"results": rows, "settings": {"gate_mode": "learned"}}))
-        (tmp_path / f"scratch_learned_s{seed}").mkdir()
-        (tmp_path / f"scratch_learned_s{seed}" / "log.csv").write_text("step,loss,fixed_share\n10,0.5,0.25\n")
+        (tmp_path / "eval" / f"scratch_{gate}_s{seed}_{gate}.json").write_text(
+            json.dumps({"results": rows, "settings": {"gate_mode": gate}}))
+        (tmp_path / f"scratch_{gate}_s{seed}").mkdir()
+        (tmp_path / f"scratch_{gate}_s{seed}" / "log.csv").write_text("step,loss,fixed_share\n10,0.5,0.25\n")
     gate_ablation_table.main([str(tmp_path)])
     out = capsys.readouterr().out
     assert "| scratch_learned_s1 | learned | 30.5000 / 0.9000 |" in out
     assert "| 3/2, 3/2, 3/2 | 12.3, 12.3, 12.3 | 0.5 | 0.25 |" in out
     assert "| scratch_learned | learned | 2 | 30.2500 (0.5000) |" in out
+    # learned - selected: means 30.25 - 29.1, spread the larger of 0.5 and 0.2, same-seed 1.0 and 1.3
+    assert ("| scratch_learned (learned) | scratch_selected | 2/2 | +1.1500 (0.5000; same seed +1.000..+1.300) |"
+            in out)
+    assert out.rstrip().endswith("| Set5 yes, Set14 yes, BSD100 yes |")
     with pytest.raises(InputError, match="no reports"):
         gate_ablation_table.main([str(tmp_path / "empty")])

@@ -56,20 +56,61 @@ def scores_table(reports: dict[tuple[str, str], dict[str, dict]], out: Path) -> 
     return "\n".join(lines)
 
 
-def seed_table(reports: dict[tuple[str, str], dict[str, dict]]) -> str:
-    """Mean and spread (max - min) over the seeds of each recipe and evaluation gate (a run named without
-    ``_s<seed>`` is seed 0 of its recipe)."""
-    groups: dict[tuple[str, str], list[dict[str, dict]]] = {}
+def by_recipe(reports: dict[tuple[str, str], dict[str, dict]]) -> dict[tuple[str, str], dict[int, dict[str, dict]]]:
+    """{(recipe, eval gate): {seed: the run's rows}} (a run named without ``_s<seed>`` is seed 0)."""
+    groups: dict[tuple[str, str], dict[int, dict[str, dict]]] = {}
     for (run, gate), rows in reports.items():
-        groups.setdefault((re.sub(r"_s\d+$", "", run), gate), []).append(rows)
+        match = re.fullmatch(r"(.+?)(?:_s(\d+))?", run)
+        groups.setdefault((match[1], gate), {})[int(match[2] or 0)] = rows
+    return groups
+
+
+def _psnrs(runs: dict[int, dict[str, dict]], dataset: str) -> list[float]:
+    return [r[dataset]["psnr"] for r in runs.values() if dataset in r]
+
+
+def seed_table(reports: dict[tuple[str, str], dict[str, dict]]) -> str:
+    """Mean and spread (max - min) over the seeds of each recipe and evaluation gate."""
+    groups = by_recipe(reports)
     lines = ["| recipe | eval gate | seeds | " + " | ".join(f"{s} PSNR mean (spread)" for s in SETS) + " |",
              "|---|---|---|" + "---|" * len(SETS)]
     for (recipe, gate), runs in groups.items():
         cells = []
         for s in SETS:
-            values = [r[s]["psnr"] for r in runs if s in r]
+            values = _psnrs(runs, s)
             cells.append(f"{statistics.mean(values):.4f} ({max(values) - min(values):.4f})" if values else "")
         lines.append(f"| {recipe} | {gate} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def difference_table(reports: dict[tuple[str, str], dict[str, dict]]) -> str:
+    """Each recipe of a group (``ft_``, ``scratch_``) under its own gate against the group's static
+    ``<group>_selected``: the difference of seed means beside the larger of the two seed spreads, whether it
+    exceeds that spread, and the range of the same-seed differences (same data order, same initialisation)."""
+    groups = by_recipe(reports)
+    lines = ["| recipe (own gate) | against | seeds | "
+             + " | ".join(f"{s} mean diff (spread; same-seed diffs)" for s in SETS)
+             + " | beyond the seed spread? |", "|---|---|---|" + "---|" * (len(SETS) + 1)]
+    for (recipe, gate), runs in groups.items():
+        group = recipe.split("_", 1)[0] + "_"
+        base = groups.get((group + "selected", "selected"))
+        if base is None or recipe == group + "selected" or gate != recipe.removeprefix(group).removesuffix("_penalty"):
+            continue
+        cells, beyond = [], []
+        for s in SETS:
+            a, b = _psnrs(runs, s), _psnrs(base, s)
+            if not (a and b):
+                cells.append("")
+                continue
+            diff = statistics.mean(a) - statistics.mean(b)
+            spread = max(max(a) - min(a), max(b) - min(b))
+            paired = [runs[k][s]["psnr"] - base[k][s]["psnr"] for k in sorted(runs.keys() & base.keys())
+                      if s in runs[k] and s in base[k]]
+            cells.append(f"{diff:+.4f} ({spread:.4f}" + (f"; same seed {min(paired):+.3f}..{max(paired):+.3f})"
+                                                          if paired else ")"))
+            beyond.append(f"{s} {'yes' if abs(diff) > spread else 'no'}")
+        lines.append(f"| {recipe} ({gate}) | {group}selected | {len(runs)}/{len(base)} | " + " | ".join(cells)
+                     + f" | {', '.join(beyond)} |")
     return "\n".join(lines)
 
 
@@ -78,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", help="the folder tools/gate_ablation.sh wrote")
     out = Path(p.parse_args(argv).out)
     reports = read_reports(out)
-    print(scores_table(reports, out) + "\n\n" + seed_table(reports))
+    print(scores_table(reports, out) + "\n\n" + seed_table(reports) + "\n\n" + difference_table(reports))
 
 
 if __name__ == "__main__":
