@@ -211,11 +211,16 @@ class WideEnhancement(nn.Module):
         """x6 = conv6(conv5(x)): what the gate pools and both branches read."""
         return _relu_conv(self.conv6, _relu_conv(self.conv5, x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x6 = self.features(x)
+    def upper_path(self, x6: torch.Tensor) -> torch.Tensor:
+        """conv7, then conv8 three times (the authors' forward), summed with the gated branch's output."""
         x10 = _relu_conv(self.conv7, x6)
         for _ in range(3):
             x10 = _relu_conv(self.conv8, x10)
+        return x10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x6 = self.features(x)
+        x10 = self.upper_path(x6)
         if self.gate_mode == "learned":
             return x10 + self._learned(x6)
         choice = self.choose_branch(x6)

@@ -369,3 +369,39 @@ def test_ablation_table_reads_reports_and_logs(tmp_path, capsys):
     assert out.rstrip().endswith("| Set5 yes, Set14 yes, BSD100 yes |")
     with pytest.raises(InputError, match="no reports"):
         gate_ablation_table.main([str(tmp_path / "empty")])
+
+
+# --------------------------------------------------------------------------------- the block's activity
+
+def test_gate_activity_measures_the_branches_and_what_swapping_them_changes(tmp_path, capsys):
+    from tools import gate_activity
+
+    torch.manual_seed(0)
+    net = Net(2).eval()
+    we = net.wide_enhancement
+    rng = np.random.default_rng(0)
+    lrs = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(2)]
+    last = we.fixed_branch.convs[-1].weight.detach().clone()
+    with torch.no_grad():
+        for branch in (we.selected_branch, we.fixed_branch):  # both silent: swapping them changes nothing
+            branch.convs[-1].weight.zero_()
+        we.gate.fc2.bias.copy_(torch.tensor([0.0, 30.0]))  # the gate wants 'fixed' for any input
+    silent = gate_activity.block_activity(net, lrs)
+    assert net.gate_mode == "selected"  # left as it was
+    assert silent.selected == silent.fixed == 0 and silent.upper > 0
+    assert silent.swap_psnr == 99.0 and silent.share_fixed == 1.0 and silent.p_fixed > 0.99
+    with torch.no_grad():
+        for layer in we.fixed_branch.convs:  # 'fixed' made loud, 'selected' still silent
+            layer.weight.mul_(30)
+        we.fixed_branch.convs[-1].weight.copy_(last * 30)
+        we.gate.fc2.bias.copy_(torch.tensor([30.0, 0.0]))
+    loud = gate_activity.block_activity(net, lrs)
+    assert loud.fixed > 100 * loud.upper and loud.selected == 0
+    assert loud.swap_psnr < 60 and loud.share_fixed == 0.0 and loud.p_fixed < 0.01
+
+    for name in ("a", "b"):  # the CLI on a checkpoint and an HR-only folder (LR made by the MATLAB bicubic)
+        write_image(tmp_path / "Tiny" / f"{name}.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    torch.save({"model": net.state_dict(), "scale": 2}, tmp_path / "loud.pth")
+    [cli] = gate_activity.main([str(tmp_path / "loud.pth"), "--test_data_dir", str(tmp_path / "Tiny")])
+    assert cli.fixed > 100 * cli.upper and cli.selected == 0 and cli.swap_psnr < 60
+    assert "| loud.pth |" in capsys.readouterr().out
