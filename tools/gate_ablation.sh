@@ -6,7 +6,8 @@
 #   tools/gate_ablation.sh OUT train-ft | train-scratch | eval-ft | eval-scratch | eval-base
 #
 # Run from the repository root; everything is written under OUT (checkpoints, log.csv, reports, logs).
-# FT_STEPS / SCRATCH_STEPS (environment) set the run lengths, FT_SEEDS / SCRATCH_SEEDS the seeds (a fine-tuning
+# FT_STEPS / SCRATCH_STEPS (environment) set the run lengths, SCRATCH_DECAY the from-scratch lr's halving
+# period (default 1000, docs/training.md's 30-minute run), FT_SEEDS / SCRATCH_SEEDS the seeds (a fine-tuning
 # run of seed 0 is named ft_<gate>, of seed k ft_<gate>_s<k>), FT_RECIPES which fine-tuning runs (of selected,
 # sample, learned, learned_penalty); SHARED points at the reference material.
 set -euo pipefail
@@ -16,6 +17,7 @@ PY=${PY:-python}
 SHARED=${SHARED:-../shared}
 FT_STEPS=${FT_STEPS:-200}
 SCRATCH_STEPS=${SCRATCH_STEPS:-240}
+SCRATCH_DECAY=${SCRATCH_DECAY:-1000}
 FT_SEEDS=${FT_SEEDS:-0}
 SCRATCH_SEEDS=${SCRATCH_SEEDS:-0 1}
 FT_RECIPES=${FT_RECIPES:-selected sample learned learned_penalty}
@@ -55,7 +57,7 @@ case $STAGE in
       done
     done ;;
   train-scratch)
-    sc=(--lr 1e-3 --decay $((SCRATCH_STEPS / 2)) --max_steps "$SCRATCH_STEPS" --print_interval "$SCRATCH_STEPS")
+    sc=(--lr 1e-3 --decay "$SCRATCH_DECAY" --max_steps "$SCRATCH_STEPS" --print_interval "$SCRATCH_STEPS")
     for seed in $SCRATCH_SEEDS; do
       train scratch_selected_s$seed "${sc[@]}" --seed $seed --gate selected
       train scratch_learned_s$seed "${sc[@]}" --seed $seed --gate learned --gate_lr_mult 10
