@@ -3,7 +3,7 @@
 # gates, and training from scratch with 'selected' against 'learned' at two seeds; then every net on
 # Set5/Set14/B100 with its own gate and with 'selected'. CPU, bf16 autocast (needs AVX512-BF16 or AMX).
 #
-#   tools/gate_ablation.sh OUT train-ft | train-scratch | eval-ft | eval-scratch | eval-base
+#   tools/gate_ablation.sh OUT train-ft | train-scratch | eval-ft | eval-scratch | eval-base | activity
 #
 # Run from the repository root; everything is written under OUT (checkpoints, log.csv, reports, logs).
 # FT_STEPS / SCRATCH_STEPS (environment) set the run lengths, SCRATCH_DECAY the from-scratch lr's halving
@@ -79,5 +79,8 @@ case $STAGE in
     done ;;
   eval-base)
     for gate in selected learned; do evaluate authors "$WEIGHTS" $gate; done ;;
+  activity)  # how loud each final net's branches are, and what swapping them changes, on Set5
+    $PY -m tools.gate_activity "$WEIGHTS" "$OUT"/ft_*/ft_*_"$FT_STEPS".pth "$OUT"/scratch_*/scratch_*_"$SCRATCH_STEPS".pth \
+        --test_data_dir "$BENCH/Set5" > "$OUT/activity.md" ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
