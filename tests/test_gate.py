@@ -367,6 +367,11 @@ def test_ablation_table_reads_reports_and_logs(tmp_path, capsys):
     assert ("| scratch_learned (learned) | scratch_selected | 2/2 | +1.1500 (0.5000; same seed +1.000..+1.300) |"
             in out)
     assert out.rstrip().endswith("| Set5 yes, Set14 yes, BSD100 yes |")
+    (tmp_path / "eval" / "scratch_selected_s1_selected.json").unlink()
+    gate_ablation_table.main([str(tmp_path)])
+    one = capsys.readouterr().out
+    assert "| 2/1 | +1.2500 (0.5000; same seed +1.000..+1.000) |" in one  # selected: seed 0 only
+    assert one.rstrip().endswith("| Set5 one seed, no spread, Set14 one seed, no spread, BSD100 one seed, no spread |")
     with pytest.raises(InputError, match="no reports"):
         gate_ablation_table.main([str(tmp_path / "empty")])
 

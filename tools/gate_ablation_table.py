@@ -108,7 +108,8 @@ def difference_table(reports: dict[tuple[str, str], dict[str, dict]]) -> str:
                       if s in runs[k] and s in base[k]]
             cells.append(f"{diff:+.4f} ({spread:.4f}" + (f"; same seed {min(paired):+.3f}..{max(paired):+.3f})"
                                                           if paired else ")"))
-            beyond.append(f"{s} {'yes' if abs(diff) > spread else 'no'}")
+            verdict = "one seed, no spread" if min(len(a), len(b)) < 2 else "yes" if abs(diff) > spread else "no"
+            beyond.append(f"{s} {verdict}")
         lines.append(f"| {recipe} ({gate}) | {group}selected | {len(runs)}/{len(base)} | " + " | ".join(cells)
                      + f" | {', '.join(beyond)} |")
     return "\n".join(lines)
