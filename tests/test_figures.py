@@ -196,6 +196,9 @@ def test_curves_draw_the_learned_gates_fixed_share_in_a_third_panel(tmp_path, fi
     assert "fixed" in gate_panel.get_title()
     assert [t.get_text() for t in gate_panel.get_legend().get_texts()] == ["learned"]
     assert list(gate_panel.get_lines()[0].get_ydata()) == shares
+    visualize.main(["curves", "--log", str(gated), "--no_bicubic", "--out", str(tmp_path / "gated.png")])
+    assert [ax.get_title() for ax in figures[-1].axes][:2] == ["Training loss and learning rate",
+                                                               "Learned gate: share of patches to 'fixed'"]
 
 
 def test_curves_of_several_runs_side_by_side(tmp_path, photos, figures, monkeypatch, capsys):

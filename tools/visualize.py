@@ -449,7 +449,8 @@ def training_curves(logs: str | Path | Sequence[str | Path], out: str | Path,
                     references: dict[str, float] | None = None, title: str | None = None,
                     labels: Sequence[str] | None = None) -> Path:
     """Loss (log scale) with the learning rate on a twin axis, every ``*_psnr`` validation column, and the learned
-    gate's ``fixed_share`` in a third panel when a log has that column.
+    gate's ``fixed_share`` in a panel of its own when a log has that column (then without the PSNR panel if
+    no log has a validation column).
 
     Several logs are overlaid, one colour per run, labelled with ``labels`` (default: each log's folder).
     ``references`` draws labelled horizontal lines on the PSNR panel (e.g. bicubic on the validation set,
@@ -459,13 +460,16 @@ def training_curves(logs: str | Path | Sequence[str | Path], out: str | Path,
     _check_labels(labels, paths, "--log")
     runs = [_Run(labels[i] if labels else _run_label(p, paths), *_read_log(p)) for i, p in enumerate(paths)]
     gated = any("fixed_share" in run.cols for run in runs)
-    width = (11 if len(runs) == 1 else 12) * (1.5 if gated else 1)
-    fig = Figure(figsize=(width, 4 if len(runs) == 1 else 4.6), layout="constrained")
-    axes = fig.subplots(1, 3 if gated else 2)
+    validated = bool(references) or any(run.psnr_fields for run in runs) or not gated  # else an empty panel
+    panels = 1 + validated + gated
+    fig = Figure(figsize=((11 if len(runs) == 1 else 12) * panels / 2, 4 if len(runs) == 1 else 4.6),
+                 layout="constrained")
+    axes = list(fig.subplots(1, panels))
     _plot_loss(axes[0], runs)
-    _plot_psnr(axes[1], runs, references or {})
+    if validated:
+        _plot_psnr(axes[1], runs, references or {})
     if gated:
-        _plot_fixed_share(axes[2], runs)
+        _plot_fixed_share(axes[-1], runs)
     for ax in axes:
         ax.grid(alpha=0.3)
     if title:
