@@ -410,3 +410,4 @@ def test_gate_activity_measures_the_branches_and_what_swapping_them_changes(tmp_
     [cli] = gate_activity.main([str(tmp_path / "loud.pth"), "--test_data_dir", str(tmp_path / "Tiny")])
     assert cli.fixed > 100 * cli.upper and cli.selected == 0 and cli.swap_psnr < 60
     assert "| loud.pth |" in capsys.readouterr().out
+    assert torch.is_grad_enabled()  # the CLI leaves autograd as it found it

@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> list[Activity]:
     p.add_argument("--test_data_dir", required=True, help="a test set folder (any layout sample.py reads)")
     p.add_argument("--scale", type=int, default=2, help="scale of the checkpoints and of the test set's LR")
     cfg = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     test_set = find_test_set(cfg.test_data_dir, cfg.scale)
     lrs = [load_pair(test_set, pair)[1] for pair in test_set.pairs]
     print(f"{test_set.name} x{cfg.scale}, {len(lrs)} images; mean |activation| of the block's paths, the gate's "
