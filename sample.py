@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     table = markdown_table(results)
     print("\n" + table)
     if cfg.report:
-        write_report(Path(cfg.report), results, report_settings(cfg, ckpt, test_dirs, upsampler_groups(net) if net is not None else None),
-                     table)
+        group = upsampler_groups(net) if net is not None else None
+        write_report(Path(cfg.report), results, report_settings(cfg, ckpt, test_dirs, group), table)
     return results
 
 
