@@ -41,20 +41,20 @@ class Activity:
 def block_activity(net: Net, lr_images: list[np.ndarray]) -> Activity:
     """Means over ``lr_images`` (uint8 RGB) of the quantities the module docstring lists."""
     block, rows, mode = net.wide_enhancement, [], net.gate_mode
-    for lr in lr_images:
-        x = image_to_tensor(lr, memory_format=torch.contiguous_format)
-        _, _, features = net.residual_enhancement(net.sub_mean(x))
-        x6 = block.features(features)
-        upper = block.upper_path(x6)
-        p_fixed = float(torch.softmax(block.gate_logits(x6), dim=1)[0, 1])
-        sr = {}
-        for branch in ("selected", "fixed"):
-            net.set_gate(branch)
-            sr[branch] = to_uint8(net(x)[0])
-        rows.append((upper.abs().mean().item(), block.selected_branch(x6).abs().mean().item(),
-                     block.fixed_branch(x6).abs().mean().item(), p_fixed, float(p_fixed > 0.5),
-                     min(psnr_y(sr["fixed"], sr["selected"], 0), 99.0)))
-    net.set_gate(mode)
+    try:
+        for lr in lr_images:
+            x = image_to_tensor(lr, memory_format=torch.contiguous_format)
+            x6 = net.gate_features(x)
+            p_fixed = float(torch.softmax(block.gate_logits(x6), dim=1)[0, 1])
+            sr = {}
+            for branch in ("selected", "fixed"):
+                net.set_gate(branch)
+                sr[branch] = to_uint8(net(x)[0])
+            rows.append((block.upper_path(x6).abs().mean().item(), block.selected_branch(x6).abs().mean().item(),
+                         block.fixed_branch(x6).abs().mean().item(), p_fixed, float(p_fixed > 0.5),
+                         min(psnr_y(sr["fixed"], sr["selected"], 0), 99.0)))
+    finally:
+        net.set_gate(mode)
     return Activity(*np.mean(rows, axis=0).tolist())
 
 

@@ -438,8 +438,8 @@ def _plot_fixed_share(ax, runs: list[_Run]) -> None:
     for i, run in enumerate(runs):
         if "fixed_share" in run.cols:
             ok = ~np.isnan(run.cols["fixed_share"])
-            ax.plot(run.cols["step"][ok], run.cols["fixed_share"][ok], color=f"C{i}" if len(runs) > 1 else "tab:blue",
-                    linewidth=1.2, label=run.label)
+            ax.plot(run.cols["step"][ok], run.cols["fixed_share"][ok], linewidth=1.2, label=run.label,
+                    color=f"C{i}" if len(runs) > 1 else "tab:blue")
     ax.set_ylim(-0.03, 1.03)
     ax.set(title="Learned gate: share of patches to 'fixed'", xlabel="step", ylabel="fixed_share")
     ax.legend(fontsize=8, loc="best")
@@ -651,7 +651,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="zoom region in HR pixels (default: where the model gains most over bicubic)")
     c.add_argument("--out", help="PNG to write (default: REPORT_compare.png beside the first report)")
     k = sub.add_parser("curves", formatter_class=HelpFormatter,
-                       help="loss, lr, validation PSNR (and the learned gate's fixed_share) against step from Solver log.csv files")
+                       help="loss, lr, validation PSNR (and the learned gate's fixed_share) against step "
+                            "from Solver log.csv files")
     k.add_argument("--log", nargs="+", required=True, help="CKPT_DIR/log.csv of one run, or of several to overlay")
     k.add_argument("--label", nargs="+", help="one name per log (default: each log's folder)")
     k.add_argument("--valid_data_dir", nargs="+",
