@@ -33,6 +33,7 @@ import math
 import re
 import signal
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,13 +45,14 @@ from tqdm import tqdm
 
 from dataset.io import ensure_writable_folder, stale_temps
 from dataset.layouts import find_test_set, load_pair
-from dataset.train_data import TrainDataset, step_loader, step_scale
-from dsrnet.cli import HelpFormatter
-from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, find_resume, latest_checkpoint,
-                                read_resumable, restore_training_state, training_checkpoint, weights_checkpoint)
+from dataset.train_data import TrainDataset, file_identity, step_loader, step_scale
+from dsrnet.cli import HelpFormatter, output_never_stops_the_run
+from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, data_change, find_resume, read_resumable,
+                                regroup_optimizer_state, restore_training_state, training_checkpoint, valid_basis,
+                                weights_checkpoint)
 from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0, shutdown_distributed,
                                 wrap_for_ranks)
-from dsrnet.errors import InputError
+from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import evaluate_set, require_scorable
 from dsrnet.resume import apply_resume_defaults, given_flags
 from dsrnet.metrics import to_uint8
@@ -76,11 +78,20 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _finite_float(low: float, high: float = math.inf, low_open: bool = True) -> Callable[[str], float]:
+    """A finite float above ``low`` (or at it) and at most ``high``: inf, nan or 1e400 in a flag would poison
+    every checkpoint after it."""
+    wanted = (f"in ({low:g}, {high:g}]" if math.isfinite(high) else f"{'>' if low_open else '>='} {low:g}")
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be a finite number {wanted}, got {text}")
+        return value
+    return parse
+
+
+_positive_float = _finite_float(0.0)
 
 
 def _seed(text: str) -> int:
@@ -111,7 +122,7 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=_int_at_least(1), default=64,
                    help="patches per step, in total over all DDP processes")
     p.add_argument("--max_steps", type=_int_at_least(1), default=600000, help="stop exactly here")
-    p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate at step 0")
+    p.add_argument("--lr", type=_finite_float(0.0, 1.0), default=1e-4, help="Adam learning rate at step 0")
     p.add_argument("--decay", type=_int_at_least(1), default=400000, help="halve the lr every N steps")
     p.add_argument("--clip", type=_positive_float, default=10.0, help="max global gradient norm")
     p.add_argument("--loss_fn", choices=tuple(LOSSES), default="MSE", help="training loss")
@@ -126,7 +137,7 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     p.add_argument("--gate_lr_mult", type=_positive_float, default=1.0,
                    help="'learned' gate: its learning rate is --lr times this (Adam moves a weight by about the "
                         "lr per step, and the authors' gate starts far from its decision boundary)")
-    p.add_argument("--gate_penalty", type=float, default=0.0,
+    p.add_argument("--gate_penalty", type=_finite_float(0.0, low_open=False), default=0.0,
                    help="'learned' gate: add this times the share of the batch routed to the costlier all-3x3 "
                         "'fixed' branch to the loss (0: no compute penalty)")
     p.add_argument("--seed", type=_seed, default=0,
@@ -143,11 +154,18 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
                         "mean validation PSNR and of the last step")
     p.add_argument("--log_interval", type=_int_at_least(1), default=100,
                    help="log loss, lr and samples/s every N steps")
-    p.add_argument("--verbose", action="store_true", help="print every log row, not only validation rows")
-    p.add_argument("--valid_data_dir", nargs="+",
-                   help="test-set folders (any layout sample.py reads) scored every --print_interval")
+    p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=False,
+                   help="print every log row, not only validation rows")
+    valid = p.add_mutually_exclusive_group()
+    valid.add_argument("--valid_data_dir", nargs="+",
+                       help="test-set folders (any layout sample.py reads) scored every --print_interval")
+    valid.add_argument("--no-valid_data_dir", dest="valid_data_dir", action="store_const", const=None,
+                       help="validate on nothing (turns off the folders a resumed checkpoint recorded)")
     p.add_argument("--shave", type=_int_at_least(0), help="border left out of validation PSNR/SSIM (default: scale)")
-    p.add_argument("--sample_dir", help="write validation SR images to SAMPLE_DIR/CKPT_NAME/{step}/{set}/x{s}/")
+    samples = p.add_mutually_exclusive_group()
+    samples.add_argument("--sample_dir", help="write validation SR images to SAMPLE_DIR/CKPT_NAME/{step}/{set}/x{s}/")
+    samples.add_argument("--no-sample_dir", dest="sample_dir", action="store_const", const=None,
+                         help="write no validation images (turns off a resumed checkpoint's --sample_dir)")
     p.add_argument("--resume", nargs="?", const="latest",
                    help="continue a run: a checkpoint file, or no value for the latest in --ckpt_dir; flags not "
                         "given are the checkpoint's (given ones override them)")
@@ -156,14 +174,15 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     p.add_argument("--num_gpu", type=_int_at_least(1),
                    help="GPUs = processes; above 1, launch with torchrun --nproc_per_node N "
                         "(default: as many as torchrun started, else 1)")
-    p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"),
-                   help="mixed precision (bf16 if no value; fp16 adds a grad scaler and needs CUDA); "
-                        "bf16 on a CPU needs native bfloat16 (AVX512-BF16/AMX)")
-    p.add_argument("--deterministic", action="store_true",
+    p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16", "none"),
+                   help="mixed precision (bf16 if no value; fp16 adds a grad scaler and needs CUDA; none: float32, "
+                        "as without the flag); bf16 on a CPU needs native bfloat16 (AVX512-BF16/AMX)")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
                    help="deterministic cuDNN kernels, no autotuning: on a GPU a resumed run then ends bit-identical "
                         "to an uninterrupted one, at some cost in steps/s (CPU runs are deterministic anyway)")
     p.add_argument("--num_workers", type=_int_at_least(0), default=2, help="DataLoader worker processes")
-    p.add_argument("--in_memory", action="store_true", help="load the whole HDF5 file into RAM first")
+    p.add_argument("--in_memory", action=argparse.BooleanOptionalAction, default=False,
+                   help="load the whole HDF5 file into RAM first")
     return p
 
 
@@ -182,8 +201,10 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     if learned_only and cfg.gate != "learned":
         raise InputError(f"--{learned_only[0]} acts on the learned gate, but --gate is {cfg.gate}: "
                          f"add --gate learned or drop --{learned_only[0]}")
-    if cfg.gate_penalty < 0:
-        raise InputError(f"--gate_penalty must be >= 0, got {cfg.gate_penalty}")
+    if cfg.gate == "learned" and cfg.gate_tau_min > cfg.gate_tau:
+        raise InputError(f"--gate_tau_min {cfg.gate_tau_min} is above --gate_tau {cfg.gate_tau}: the temperature "
+                         "anneals down from --gate_tau to its floor --gate_tau_min; lower --gate_tau_min")
+    cfg.amp = None if cfg.amp == "none" else cfg.amp
     return cfg
 
 
@@ -198,14 +219,19 @@ def get_gate_tau(step: int, start: float, floor: float, decay: int) -> float:
     return start * (floor / start) ** min(1.0, step / decay)
 
 
-def param_groups(net: Net, gate: str) -> list[dict]:
-    """Adam's groups: one; with the learned gate a second for the gate, whose lr is --gate_lr_mult times --lr."""
-    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+def group_names(net: Net, gate: str) -> list[list[str]]:
+    """The names of Adam's groups: one; with the learned gate a second for the gate, whose lr is
+    --gate_lr_mult times --lr."""
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
     if gate != "learned":
-        return [{"params": [p for _, p in params]}]
-    in_gate = [n.startswith("wide_enhancement.gate.") for n, _ in params]
-    return [{"params": [p for (_, p), g in zip(params, in_gate) if not g]},
-            {"params": [p for (_, p), g in zip(params, in_gate) if g]}]
+        return [names]
+    in_gate = [n.startswith("wide_enhancement.gate.") for n in names]
+    return [[n for n, g in zip(names, in_gate) if not g], [n for n, g in zip(names, in_gate) if g]]
+
+
+def param_groups(net: Net, gate: str) -> list[dict]:
+    params = dict(net.named_parameters())
+    return [{"params": [params[n] for n in group]} for group in group_names(net, gate)]
 
 
 def set_schedules(optim: torch.optim.Optimizer, net: Net, cfg: argparse.Namespace, step: int) -> float:
@@ -255,10 +281,6 @@ def check_run(cfg: argparse.Namespace, world: int, device: torch.device) -> Path
     if cfg.sample_dir and cfg.valid_data_dir:
         ensure_writable_folder(cfg.sample_dir, "validation images", "--sample_dir")
     resume_path = find_resume(cfg.resume, Path(cfg.ckpt_dir), cfg.ckpt_name) if cfg.resume else None
-    earlier = None if cfg.resume else latest_checkpoint(Path(cfg.ckpt_dir), cfg.ckpt_name)
-    if earlier:
-        print_rank0(f"note: {earlier} is from an earlier run; this new run overwrites such checkpoints "
-                    "as it reaches their steps (continue that run with --resume instead)")
     if cfg.init_from and not cfg.resume and not Path(cfg.init_from).is_file():
         raise InputError(f"--init_from {cfg.init_from}: no such file")
     return resume_path
@@ -325,6 +347,12 @@ def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argp
     return scores
 
 
+def all_finite(net: Net) -> bool:
+    """Every weight and buffer finite (one host sync): a checkpoint of NaN weights poisons every resume."""
+    tensors = [t for t in net.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+
+
 def banner(cfg: argparse.Namespace, net: Net, device: torch.device, world: int, n_images: int, step: int) -> str:
     """The start line; parameters counted as the README does (the mean shift's 24 frozen values apart)."""
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -335,6 +363,13 @@ def banner(cfg: argparse.Namespace, net: Net, device: torch.device, world: int, 
             f"{n_images} images, gate '{cfg.gate}', steps {step} -> {cfg.max_steps}, checkpoints in {cfg.ckpt_dir}")
 
 
+def main(default_scale: int) -> None:
+    """What x2/x3/x4/train.py run: one line for a user's error, and output that cannot be written (``| head``)
+    never stops training."""
+    output_never_stops_the_run()
+    run_cli(lambda: Solver(parse_args(default_scale=default_scale)).fit())
+
+
 class Solver:
     """Builds the net, optimizer, loss and data from the flags; :meth:`fit` is the training loop."""
 
@@ -343,11 +378,13 @@ class Solver:
         self.rank, self.world, self.device = init_distributed(cfg.num_gpu)
         resume_path = check_run(cfg, self.world, self.device)
         self.ckpt_dir = Path(cfg.ckpt_dir)
+        self.load_data()  # reads only: a run refused for its data never contends for the folder
         self.lock = claim_folder(self.ckpt_dir, cfg.ckpt_name, self.rank)
         self.checkpoints = RunCheckpoints(self.ckpt_dir, cfg.ckpt_name, cfg.keep_last)
         self.env = environment()  # versions, command, git: recorded in every checkpoint of the run
         with self.lock.released_on_error():
-            self.load_data()
+            if not resume_path:
+                self.checkpoints.claim_new()
             self.build_model()
             if resume_path:
                 self.resume(resume_path)
@@ -363,6 +400,7 @@ class Solver:
         cfg = self.cfg
         self.dataset = TrainDataset(cfg.train_data_path, cfg.patch_size, cfg.scale, seed=cfg.seed,
                                     in_memory=cfg.in_memory)
+        self.train_data = file_identity(cfg.train_data_path)  # recorded: a resume says if the file changed
         scales = [cfg.scale] if cfg.scale else list(SCALES)
         self.valid_sets = [find_test_set(d, s) for d in cfg.valid_data_dir or [] for s in scales]
         if self.rank == 0:
@@ -382,27 +420,32 @@ class Solver:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.loss_fn = LOSSES[cfg.loss_fn]()
         self.step, self.loss_sum, self.loss_count = 0, 0.0, 0  # the sums of the open log interval
+        self.pending_row: dict | None = None  # a resumed step whose validation never came
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> int:
         """Train from the current step to exactly --max_steps; returns the last step.
 
+        A resumed checkpoint whose validation never came (a kill while validating) gets it first.
         SIGINT/SIGTERM: finish the step, save, SystemExit(130/143). A non-finite loss: InputError,
         nothing written for that step. The ranks decide both together.
         """
         cfg = self.cfg
-        if self.step >= cfg.max_steps:
-            print_rank0(f"checkpoint is at step {self.step}, not below --max_steps {cfg.max_steps}: nothing to do")
-            shutdown_distributed(self.world)
-            return self.step
-        print_rank0(banner(cfg, self.net, self.device, self.world, len(self.dataset), self.step))
-        batches = iter(self.loader())
         log = RunLog(self.ckpt_dir, self.valid_fields(), self.step) if self.rank == 0 else None
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=None if self.rank == 0 else True)
-        speed = Throughput(self.step, cfg.batch_size)
         try:
+            if log is not None and self.pending_row and not log.has_row(self.step):
+                print_rank0(f"step {self.step} was saved but never validated: validating it now", bar)
+                self.close_step(dict(self.pending_row), log, bar)
+            if self.step >= cfg.max_steps:
+                print_rank0(f"checkpoint is at step {self.step}, not below --max_steps {cfg.max_steps}: "
+                            "nothing to do", bar)
+                return self.step
+            print_rank0(banner(cfg, self.net, self.device, self.world, len(self.dataset), self.step), bar)
+            batches = iter(self.loader())
+            speed = Throughput(self.step, cfg.batch_size)
             with stop_requests() as signals:
                 while self.step < cfg.max_steps:
                     scale, lr_patch, hr = self.get_batch(next(batches), self.step)
@@ -412,7 +455,7 @@ class Solver:
                     loss = data_loss + compute_penalty(self.net, cfg.gate_penalty) if cfg.gate_penalty else data_loss
                     loss_value, stop = mean_loss_and_stop_signal(data_loss, signals, self.world)  # logged: no penalty
                     if not math.isfinite(loss_value):
-                        raise self.diverged(loss_value)
+                        raise self.diverged(f"the loss became {loss_value} at step {self.step + 1}")
                     self.optim.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
                     self.scaler.unscale_(self.optim)  # clip true gradients, not fp16-scaled ones
@@ -427,10 +470,11 @@ class Solver:
                     checkpoint_due = self.step % cfg.print_interval == 0 or self.step == cfg.max_steps
                     if checkpoint_due or self.step % cfg.log_interval == 0:
                         row = self.next_log_row(lr, speed.samples_per_s(self.step))
-                        if checkpoint_due:  # saved first: a validation that fails loses no training
-                            print_rank0(f"saved {self.save(self.step)}", bar)
-                            row.update(self.save_weights(self.validate(self.step)))
-                        self.report(row, log, bar, checkpoint_due)
+                        if checkpoint_due:  # saved first (with its row): a validation that fails loses no training
+                            print_rank0(f"saved {self.save(self.step, row)}", bar)
+                            self.close_step(row, log, bar)
+                        else:
+                            self.report(row, log, bar, evaluated=False)
                         speed.restart(self.step)  # validating and saving is not training
                     if stop:
                         self.stop_on_signal(stop, checkpoint_due, log, bar)
@@ -456,10 +500,10 @@ class Solver:
             return t.to(self.device, non_blocking=True).contiguous(memory_format=TRAINING_MEMORY_FORMAT)
         return scale, move(lr), move(hr)
 
-    def diverged(self, loss_value: float) -> InputError:
+    def diverged(self, what: str) -> InputError:
         last = self.checkpoints.latest()
-        return InputError(f"the loss became {loss_value} at step {self.step + 1}; stopped without saving "
-                          f"(last checkpoint: {last or 'none'}): lower --lr or --clip, or check the training data")
+        return InputError(f"{what}; stopped without saving (last checkpoint: {last or 'none'}): lower --lr or "
+                          "--clip, or check the training data")
 
     def next_log_row(self, lr: float, samples_per_s: float) -> dict:
         """This step's log row: the mean loss since the previous row, whose sums then restart."""
@@ -476,6 +520,12 @@ class Solver:
         print_rank0(f"stopped by {signal.Signals(signum).name} at step {self.step}; saved {path}; "
                     "continue with --resume", bar)
         raise SystemExit(EXIT_ON_SIGNAL[signum])
+
+    def close_step(self, row: dict, log: RunLog | None, bar: tqdm) -> None:
+        """After a checkpoint: validate, write the best/final weights, then log the step's row (last, so that
+        a row in log.csv means the step is complete)."""
+        row.update(self.save_weights(self.validate(row["step"])))
+        self.report(row, log, bar, evaluated=True)
 
     def validate(self, step: int) -> dict[str, float]:
         """Validation scores of the net at ``step`` (computed on rank 0 only)."""
@@ -507,22 +557,37 @@ class Solver:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, step: int) -> Path:
-        """Rank 0 writes ``{ckpt_name}_{step}.pth``: what sample.py loads, plus the resume state."""
+    def save(self, step: int, pending_row: dict | None = None) -> Path:
+        """Rank 0 writes ``{ckpt_name}_{step}.pth``: what sample.py loads, plus the resume state (and the
+        step's log row while its validation is to come). Weights that are not finite are never saved."""
         path = self.checkpoints.path(step)
+        if not all_finite(self.net):
+            raise self.diverged(f"the weights became non-finite at step {step}")
         if self.rank == 0:
             with naming_the_kept_checkpoint(self.checkpoints):
-                self.checkpoints.save(step, training_checkpoint(self.cfg, step, self.net, self.optim, self.scaler,
-                                                                self.loss_sum, self.loss_count, self.world, self.env))
+                self.checkpoints.save(step, training_checkpoint(
+                    self.cfg, step, self.net, self.optim, self.scaler, self.loss_sum, self.loss_count, self.world,
+                    self.env, self.train_data, pending_row))
         if self.world > 1:
             torch.distributed.barrier()
         return path
 
     def resume(self, path: Path) -> None:
-        """Restore model, optimizer, step, gate noise and every RNG: the run continues bit-exactly."""
+        """Restore model, optimizer, step, gate noise and every RNG: the run continues bit-exactly. A change of
+        --gate regroups Adam's state by parameter name (the learned gate has a group of its own)."""
         ckpt = read_resumable(path, self.cfg)
+        saved_groups = group_names(self.net, ckpt["config"].get("gate", self.cfg.gate))
+        groups = group_names(self.net, self.cfg.gate)
+        regroup = None if saved_groups == groups else partial(regroup_optimizer_state, saved_groups=saved_groups,
+                                                              groups=groups)
         self.step, self.loss_sum, self.loss_count = restore_training_state(path, ckpt, self.net, self.optim,
-                                                                           self.scaler)
+                                                                           self.scaler, regroup)
+        state = ckpt["train_state"]
+        self.pending_row = state.get("pending_row")
+        changed = data_change(state.get("train_data"), self.train_data)
+        if changed:
+            print_rank0(f"note: {changed}: the run no longer matches an uninterrupted one")
         if self.rank == 0:
-            self.checkpoints.continue_from(path, ckpt)
+            basis = valid_basis({k: 0.0 for k in self.valid_fields() if k.endswith("_psnr")}, self.cfg.shave)
+            self.checkpoints.continue_from(path, ckpt, basis)
         print_rank0(f"resumed {path} at step {self.step}")

@@ -15,6 +15,7 @@ would only ever show epoch 0.
 """
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 from pathlib import Path
@@ -29,7 +30,7 @@ from dsrnet.errors import InputError
 from dsrnet.stopping import ignore_stop_signals
 from model import SCALES
 
-__all__ = ["TrainDataset", "StepSampler", "step_loader", "step_scale"]
+__all__ = ["TrainDataset", "StepSampler", "file_identity", "step_loader", "step_scale"]
 
 
 # Tags that keep the permutation and crop random streams apart: SeedSequence zero-pads
@@ -207,6 +208,20 @@ class StepSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return (self.stop - self.start) * self.batch
+
+
+def file_identity(path: str | Path, chunk: int = 1 << 20) -> dict:
+    """Size, modification time and a SHA-256 of the first and last ``chunk`` bytes: enough to tell a
+    repacked or replaced training file from the one a checkpoint trained on, without reading gigabytes."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest.update(f.read(chunk))
+        f.seek(max(0, size - chunk))
+        digest.update(f.read(chunk))
+    return {"path": str(path.resolve()), "size": size, "mtime_ns": path.stat().st_mtime_ns,
+            "sha256_ends": digest.hexdigest()}
 
 
 def step_scale(seed: int, step: int) -> int:

@@ -7,12 +7,15 @@ grad scaler, gate noise, every RNG and the open log interval's loss sums.
 from __future__ import annotations
 
 import argparse
+import glob
 import io
+import os
 import pickle
 import re
 import uuid
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -86,9 +89,11 @@ def _header(cfg: argparse.Namespace, step: int, net: Net, env: dict) -> dict:
 
 def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, loss_sum: float, loss_count: int, world: int,
-                        env: dict) -> dict:
+                        env: dict, train_data: dict, pending_row: dict | None) -> dict:
     """The header plus everything a bit-exact resume needs. ``env``: :func:`dsrnet.provenance.environment`,
-    taken once when the run starts (the code it describes is what the process imported)."""
+    taken once when the run starts (the code it describes is what the process imported); ``train_data``:
+    :func:`dataset.train_data.file_identity` of the training file; ``pending_row``: this step's log row when
+    its validation is still to come (saved first, so that a resume can finish the step if it never came)."""
     return {
         **_header(cfg, step, net, env),
         "train_state": {
@@ -99,6 +104,8 @@ def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: tor
             "loss_sum": loss_sum, "loss_count": loss_count,  # the open log interval
             "routed": dict(net.wide_enhancement.routed),  # and its learned-gate routing count
             "world_size": world,
+            "train_data": train_data,
+            "pending_row": pending_row,
         },
     }
 
@@ -123,13 +130,31 @@ def read_resumable(path: Path, cfg: argparse.Namespace) -> dict:
     return ckpt
 
 
+def regroup_optimizer_state(saved: dict, saved_groups: list[list[str]], groups: list[list[str]]) -> dict:
+    """An optimizer state_dict whose parameter groups held the parameters named ``saved_groups``, re-keyed for
+    ``groups`` (the same parameters grouped otherwise, as when a resume changes --gate): each parameter keeps
+    its own moments; every group takes the first saved group's settings (the lr is set every step anyway)."""
+    flat_saved = [n for g in saved_groups for n in g]
+    if sorted(flat_saved) != sorted(n for g in groups for n in g) or len(flat_saved) != sum(
+            len(g["params"]) for g in saved["param_groups"]):
+        raise ValueError("the checkpoint's optimizer holds other parameters than this network")
+    index = {n: i for i, n in enumerate(flat_saved)}
+    flat = [n for g in groups for n in g]
+    settings = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
+    starts = [sum(len(g) for g in groups[:k]) for k in range(len(groups))]
+    return {"state": {j: saved["state"][index[n]] for j, n in enumerate(flat) if index[n] in saved["state"]},
+            "param_groups": [{**settings, "params": list(range(a, a + len(g)))} for a, g in zip(starts, groups)]}
+
+
 def restore_training_state(path: Path, ckpt: dict, net: Net, optim: torch.optim.Optimizer,
-                           scaler: torch.amp.GradScaler) -> tuple[int, float, int]:
-    """Load weights, optimizer, grad scaler, gate noise and every RNG; returns (step, loss_sum, loss_count)."""
+                           scaler: torch.amp.GradScaler,
+                           regroup: Callable[[dict], dict] | None = None) -> tuple[int, float, int]:
+    """Load weights, optimizer, grad scaler, gate noise and every RNG; returns (step, loss_sum, loss_count).
+    ``regroup`` maps the saved optimizer state onto this run's parameter groups when they differ."""
     state = ckpt["train_state"]
     try:
         net.load_state_dict(ckpt["model"])
-        optim.load_state_dict(state["optimizer"])
+        optim.load_state_dict(regroup(state["optimizer"]) if regroup else state["optimizer"])
         if state["grad_scaler"] and scaler.is_enabled():
             scaler.load_state_dict(state["grad_scaler"])
         net.wide_enhancement.gate_generator.set_state(state["gate_generator"])
@@ -140,6 +165,17 @@ def restore_training_state(path: Path, ckpt: dict, net: Net, optim: torch.optim.
         raise InputError(f"cannot resume {path}: its training state is damaged ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); resume from an earlier "
                          "checkpoint, or start a new run from its weights with --init_from") from None
+
+
+def data_change(saved: dict | None, now: dict) -> str | None:
+    """One line when the training file differs from the one a checkpoint recorded (see
+    :func:`dataset.train_data.file_identity`); None when it is the same, or the checkpoint recorded none."""
+    if not saved or (saved.get("size"), saved.get("sha256_ends")) == (now["size"], now["sha256_ends"]):
+        return None
+    moved = f" (it was {saved.get('path')})" if saved.get("path") != now["path"] else ""
+    how = (f"{saved.get('size'):,} -> {now['size']:,} bytes" if saved.get("size") != now["size"]
+           else "same size, other content")
+    return f"the training file {now['path']} is not the one the checkpoint trained on{moved}: {how}"
 
 
 def copy_matching_tensors(net: Net, path: Path) -> str:
@@ -172,15 +208,22 @@ def _step_and_lineage(ckpt: dict) -> tuple[int, str | None]:
     return int(ckpt.get("step", 0)), (ckpt.get("train_state") or {}).get("lineage") or ckpt.get("lineage")
 
 
+def valid_basis(scores: dict[str, float], shave: int | None) -> tuple[list[str], int | None]:
+    """What a mean validation PSNR is a mean over: the sets and scales scored, and the border left out."""
+    return sorted(k for k in scores if k.endswith("_psnr")), shave
+
+
 class RunCheckpoints:
     """The files one run lineage keeps in its folder: ``{name}_{step}.pth`` plus weights-only
     ``{name}_best.pth`` (best mean validation PSNR) and ``{name}_final.pth`` (the --max_steps weights).
 
-    A lineage is a run and its resumptions, named by a random id that every file records. Each full
-    checkpoint also lists the full checkpoints its lineage wrote here and still keeps
-    (``train_state["written"]``): --keep_last deletes only those, never another run's or another name's
-    files. Resuming from an earlier step sets aside the lineage's files beyond it (a future the resume
-    abandons), so that a later plain --resume cannot pick them; other files stay as they are.
+    A lineage is a run and its resumptions, named by a random id that every file records. A run writes
+    only files its lineage wrote, or names that are free: a new run refuses a folder that already holds a
+    run (:meth:`claim_new`), a resumed one refuses another run's file under one of its names, and no
+    write follows a symbolic link. Each full checkpoint lists the full checkpoints its lineage wrote here
+    and still keeps (``train_state["written"]``): --keep_last deletes only those, never another run's or
+    another name's files. Resuming from an earlier step sets aside the lineage's files beyond it (a future
+    the resume abandons), so that a later plain --resume cannot pick them; other files stay as they are.
     """
 
     def __init__(self, folder: Path, name: str, keep_last: int):
@@ -190,6 +233,7 @@ class RunCheckpoints:
         self.best_psnr: float | None = None
         self.best_path = folder / f"{name}_best.pth"
         self.final_path = folder / f"{name}_final.pth"
+        self.owned: set[Path] = set()  # existing files this lineage wrote: the only ones it may replace
 
     def path(self, step: int) -> Path:
         return self.folder / f"{self.name}_{step}.pth"
@@ -197,14 +241,30 @@ class RunCheckpoints:
     def latest(self) -> Path | None:
         return latest_checkpoint(self.folder, self.name)
 
+    def run_files(self) -> list[Path]:
+        """The files of this name's runs in the folder: step checkpoints, best and final weights."""
+        return sorted(p for p in self.folder.glob(f"{glob.escape(self.name)}_*.pth")
+                      if checkpoint_step(p, self.name) is not None or p in (self.best_path, self.final_path))
+
+    def claim_new(self) -> None:
+        """A new run starts only where no run lives: it would replace that run's log and its checkpoints as it
+        reached their steps, and a later --resume would continue the wrong one."""
+        found = [p.name for p in (self.folder / "log.csv", self.folder / "tb") if os.path.lexists(p)]
+        found += [p.name for p in self.run_files()]
+        if found:
+            listed = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+            raise InputError(f"--ckpt_dir {self.folder} already holds a training run ({listed}): continue it with "
+                             "the same command plus --resume, or start this run in another --ckpt_dir")
+
     def save(self, step: int, ckpt: dict) -> Path:
         """Write a full checkpoint, then delete this lineage's full checkpoints beyond the newest --keep_last."""
         path = self.path(step)
+        self.check_free(path)
         kept = sorted({*self.written, path.name}, key=lambda n: checkpoint_step(Path(n), self.name))
         dropped = kept[:-self.keep_last] if self.keep_last else []
         kept = kept[len(dropped):]
         ckpt["train_state"].update(written=kept, lineage=self.lineage)
-        save_checkpoint(path, ckpt)
+        self.write(path, ckpt)
         for name in dropped:
             (self.folder / name).unlink(missing_ok=True)
         self.written = kept
@@ -213,37 +273,83 @@ class RunCheckpoints:
     def save_weights(self, weights: dict, mean_psnr: float | None, final: bool) -> None:
         """``{name}_best.pth`` when the mean validation PSNR beats the best so far; ``{name}_final.pth`` at the end."""
         weights = {**weights, "lineage": self.lineage}
-        if mean_psnr is not None and (self.best_psnr is None or mean_psnr > self.best_psnr):
-            save_checkpoint(self.best_path, {**weights, "mean_psnr": mean_psnr})
+        better = mean_psnr is not None and (self.best_psnr is None or mean_psnr > self.best_psnr)
+        for path in [self.best_path] * better + [self.final_path] * final:
+            self.check_free(path)
+        if better:
+            self.write(self.best_path, {**weights, "mean_psnr": mean_psnr})
             self.best_psnr = mean_psnr
         if final:
-            save_checkpoint(self.final_path, weights)
+            self.write(self.final_path, weights)
 
-    def continue_from(self, path: Path, ckpt: dict) -> None:
-        """Adopt the lineage of the checkpoint resumed and set aside this name's files beyond its step."""
+    def check_free(self, path: Path) -> None:
+        """Refuse to replace a file (or link) this lineage did not write: a user's own, or another run's."""
+        if path not in self.owned and os.path.lexists(path):
+            raise InputError(f"{path} was not written by this run, which would replace it: move it out of "
+                             f"{self.folder} and resume with the same command plus --resume")
+
+    def write(self, path: Path, ckpt: dict) -> None:
+        save_checkpoint(path, ckpt)
+        self.owned.add(path)
+
+    def continue_from(self, path: Path, ckpt: dict, basis: tuple[list[str], int | None]) -> None:
+        """Adopt the lineage of the checkpoint resumed; set aside this name's files beyond its step, delete the
+        ones --keep_last had dropped when a kill cut the pruning short, and keep the best PSNR if it was scored
+        on ``basis`` (see :func:`valid_basis`). Another run's file under one of this run's names is refused."""
         step, state = int(ckpt["step"]), ckpt["train_state"]
-        self.lineage = state.get("lineage") or self.lineage  # checkpoints before lineages: a new one
-        if path.resolve().parent == self.folder.resolve():
+        lineage = state.get("lineage")  # None: written before runs recorded lineages, as were its siblings
+        self.lineage = lineage or self.lineage
+        here = path.resolve().parent == self.folder.resolve()
+        if here:
             self.written = [n for n in state.get("written", [])
                             if (s := checkpoint_step(Path(n), self.name)) is not None and s <= step]
-        files = [p for p in self.folder.glob(f"{self.name}_*.pth") if (checkpoint_step(p, self.name) or 0) > step]
-        files += [p for p in (self.best_path, self.final_path) if p.is_file()]
-        recorded = {p: _recorded(p) for p in files}
-        ours = {p for p, ckpt in recorded.items() if _step_and_lineage(ckpt)[1] == self.lineage}
-        later = [p for p in files if p in ours and _step_and_lineage(recorded[p])[0] > step]
+        recorded = {p: _recorded(p) for p in self.run_files() if not (here and p.name == path.name)}
+        ours = {p for p, saved in recorded.items() if "model" in saved and _step_and_lineage(saved)[1] == lineage}
+        later = [p for p in ours if _step_and_lineage(recorded[p])[0] > step]
         if later:
-            self.set_aside(later, step)
-        if self.best_path in ours and self.best_path not in later:
-            self.best_psnr = recorded[self.best_path].get("mean_psnr")
+            self.set_aside(sorted(later), step)
+        foreign = [p for p in recorded if p not in ours and (p in (self.best_path, self.final_path)
+                                                              or (checkpoint_step(p, self.name) or 0) > step)]
+        if foreign:
+            raise InputError(f"{foreign[0]} was not written by the run resumed from {path}, which would replace "
+                             f"it: move it out of {self.folder} and resume again")
+        self.owned = {p for p in ours if p not in later} | ({path} if here else set())
+        if here and self.keep_last and "written" in state:
+            self.prune_unlisted(sorted(p for p in self.owned if checkpoint_step(p, self.name) is not None))
+        best = recorded.get(self.best_path) if self.best_path in self.owned else None
+        if best:
+            self.best_psnr = best.get("mean_psnr")
+            before = valid_basis(best.get("valid", {}), (best.get("config") or {}).get("shave"))
+            if basis[0] and before != basis:
+                self.set_aside([self.best_path], step, "best_before_step")
+                print_rank0(f"note: validation now scores {', '.join(basis[0])} (shave {basis[1]}), the best so far "
+                            f"was scored on {', '.join(before[0]) or 'nothing'} (shave {before[1]}): the best starts "
+                            "anew")
+                self.best_psnr = None
 
-    def set_aside(self, files: list[Path], step: int) -> None:
-        """Move ``files`` into a new ``abandoned_after_step_{step}`` folder beside them, saying so."""
-        aside, n = self.folder / f"abandoned_after_step_{step}", 1
+    def prune_unlisted(self, files: list[Path]) -> None:
+        """Delete this lineage's step checkpoints that the newest one no longer lists (a kill -9 came between
+        its save and the pruning), saying so."""
+        dropped = [p for p in files if p.name not in self.written]
+        for p in dropped:
+            p.unlink(missing_ok=True)
+            self.owned.discard(p)
+        if dropped:
+            print_rank0(f"note: deleted {', '.join(p.name for p in dropped)}: beyond --keep_last {self.keep_last} "
+                        "when the run was stopped before it could prune them")
+
+    def set_aside(self, files: list[Path], step: int, why: str = "abandoned_after_step") -> None:
+        """Move ``files`` into a new ``{why}_{step}`` folder beside them, saying so."""
+        aside, n = self.folder / f"{why}_{step}", 1
         while aside.exists():
             n += 1
-            aside = self.folder / f"abandoned_after_step_{step}_{n}"
+            aside = self.folder / f"{why}_{step}_{n}"
         aside.mkdir()
         for p in files:
             p.replace(aside / p.name)
-        print_rank0(f"note: resuming at step {step} set aside {len(files)} later file(s) of {self.name} "
-                    f"(a future this resume abandons) in {aside}; log rows after step {step} are dropped")
+            self.owned.discard(p)
+        if why == "abandoned_after_step":
+            print_rank0(f"note: resuming at step {step} set aside {len(files)} later file(s) of {self.name} "
+                        f"(a future this resume abandons) in {aside}; log rows after step {step} are dropped")
+        else:
+            print_rank0(f"note: moved {', '.join(p.name for p in files)} to {aside}")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from typing import TextIO
 
 import torch
 
@@ -45,3 +48,42 @@ def pick_device(spec: str | None) -> torch.device:
             raise InputError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                              f"numbered from 0")
     return device
+
+
+class _Quietable:
+    """A text stream that falls silent instead of raising once nobody reads it (``| head`` exited, a
+    closed terminal): its file descriptor is pointed at the null device, so that later writes, and the
+    interpreter's own flush at exit, succeed."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            self._silence()
+
+    def _silence(self) -> None:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def output_never_stops_the_run() -> None:
+    """Make stdout and stderr of a long run fall silent instead of raising when their reader is gone: a
+    progress line that cannot be written must not cost hours of training."""
+    sys.stdout, sys.stderr = _Quietable(sys.stdout), _Quietable(sys.stderr)

@@ -76,8 +76,11 @@ def _take(path: Path) -> int | None:
         return None
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:  # a link: writing the pid would truncate whatever it points at
+                raise InputError(f"the run lock {path} is a symbolic link, which a run never makes: remove it "
+                                 "(its target is left alone) and start again") from None
             raise InputError(f"cannot write the run lock {path} ({err.strerror or err}): "
                              "pass a writable --ckpt_dir") from None
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import time
 from pathlib import Path
 
@@ -53,9 +54,14 @@ class RunLog:
             self.tb = None
         self.opened = True
 
+    def has_row(self, step: int) -> bool:
+        """Whether the kept log holds a complete row for ``step`` (the last one a resumed run kept)."""
+        return any(int(r["step"]) == step for r in self.rows)
+
     def write(self, row: dict) -> None:
         self.open()
-        with open(self.path, "a", newline="") as f:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))  # never through a link
+        with open(fd, "a", newline="") as f:
             csv.DictWriter(f, self.fields, restval="", extrasaction="ignore").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         if self.tb is not None:

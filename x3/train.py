@@ -10,8 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsrnet.errors import run_cli  # noqa: E402
-from solver import Solver, parse_args  # noqa: E402
+from solver import main  # noqa: E402
 
 if __name__ == "__main__":
-    run_cli(lambda: Solver(parse_args(default_scale=3)).fit())
+    main(default_scale=3)
