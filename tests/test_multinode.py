@@ -28,8 +28,8 @@ TRAIN = ["--patch_size", "8", "--batch_size", "4", "--num_workers", "0", "--log_
          "--max_steps", str(STEPS), "--print_interval", str(STEPS), "--num_gpu", "2"]
 DEADLINE_S = 180  # a hang (a node that never joins) fails here instead of waiting for torchrun's 15 minutes
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or "lo" not in dict(socket.if_nameindex()).values(),
-                                reason="needs Linux's loopback interface 'lo' and /proc")
+LINUX_LOOPBACK = sys.platform.startswith("linux") and "lo" in dict(socket.if_nameindex()).values()
+pytestmark = pytest.mark.skipif(not LINUX_LOOPBACK, reason="needs Linux's loopback interface 'lo' and /proc")
 
 
 @pytest.fixture
