@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from dataset.imresize import imresize
+from dsrnet.distributed import init_distributed
+from dsrnet.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -126,3 +128,12 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(tiny_h5, tmp_path):
         for name, value in state.items():
             assert torch.equal(value, optim_two["state"][index][name]), (index, name)
     assert torch.equal(one["train_state"]["gate_generator"], two["train_state"]["gate_generator"])
+
+
+def test_num_gpu_counts_the_processes_of_every_node(monkeypatch):
+    """Two nodes of four: --num_gpu 4 (one node's GPUs) is refused before any process group starts."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(InputError, match=r"--num_gpu 4 but torchrun started 8 processes over all nodes "
+                                         r"\(--num_gpu counts them all, not one node's\)"):
+        init_distributed(4)
