@@ -27,8 +27,8 @@ def init_distributed(num_gpu: int | None) -> tuple[int, int, torch.device]:
         if world == 1:
             raise InputError(f"--num_gpu {num_gpu} trains with one process per GPU: launch "
                              f"`torchrun --nproc_per_node {num_gpu} {Path(sys.argv[0]).as_posix()} ...`")
-        raise InputError(f"--num_gpu {num_gpu} but torchrun started {world} processes: make them "
-                         "equal or drop --num_gpu")
+        raise InputError(f"--num_gpu {num_gpu} but torchrun started {world} processes over all nodes "
+                         "(--num_gpu counts them all, not one node's): make them equal or drop --num_gpu")
     cuda = torch.cuda.is_available()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if cuda and local_world > torch.cuda.device_count():

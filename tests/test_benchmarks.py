@@ -16,6 +16,7 @@ from dataset.io import read_image, write_image
 from dsrnet.errors import USER_ERRORS, InputError
 from model import Net
 from tools.benchmarks import alternatives, inference, memory_format, training
+from tools.benchmarks.report import cpu_flags_line
 
 
 def _rows(text: str) -> dict[str, list[str]]:
@@ -38,6 +39,58 @@ def test_forward_benchmark_paths_agree_and_report(weights_x2, tmp_path, capsys, 
         diff = float(cells[-1])
         assert diff <= 1e-4 if "bf16" not in name else 1e-4 < diff < 0.1, (name, diff)
     assert re.search(r"roof: a 2048\^3 matmul, \d+ GFLOP/s in fp32", printed)
+
+
+def fake_roofs(monkeypatch, before: dict[str, float], after: dict[str, float]) -> None:
+    """inference.matmul_roof answers ``before`` at each precision's first measurement, ``after`` at its second."""
+    asked: list[str] = []
+
+    def roof(device, precision="fp32", n=2048, rounds=5):
+        asked.append(precision)
+        return (before if asked.count(precision) == 1 else after)[precision]
+    monkeypatch.setattr(inference, "matmul_roof", roof)
+
+
+@pytest.mark.parametrize("after_fp32, warned", [(0.95e6, False), (0.5e6, True)])
+def test_a_roof_that_moves_during_the_run_is_reported(weights_x2, tmp_path, capsys, monkeypatch, after_fp32, warned):
+    """Roofs far above what a 24x24 forward reaches (so no path nears 100 %): 5 % apart passes, 50 % is named."""
+    fake_roofs(monkeypatch, {"fp32": 1e6, "bf16": 2e6}, {"fp32": after_fp32, "bf16": 2e6})
+    report = tmp_path / "speed.md"
+    inference.main(["--ckpt_path", str(weights_x2), "--size", "24", "--rounds", "1", "--warmup", "0",
+                    "--report", str(report)])
+    printed = capsys.readouterr().out
+    assert report.read_text() == printed
+    assert "roof: a 2048^3 matmul, 1000000 GFLOP/s in fp32" in printed
+    assert f"(before the timed runs; {after_fp32:.0f} GFLOP/s in fp32" in printed
+    warnings = [line for line in printed.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: % of roof is unreliable (machine busy or CPU frequency changed): the fp32 roof "
+                        "measured 1000000 GFLOP/s before the timed runs and 500000 after, 50 % apart "
+                        "(tolerance 10 %)"] * warned
+    assert printed.splitlines()[2] == cpu_flags_line()  # the CPU flags the timings ran with
+    assert f"# CPU kernels {torch.backends.cpu.get_cpu_capability()}; CPU flags " in printed
+
+
+def test_roof_warnings_name_both_measurements():
+    stable = {"fp32": 188.0, "bf16": 421.0}
+    assert inference.roof_warnings(stable, {"fp32": 180.0, "bf16": 430.0},
+                                   {"default path (fp32)": ("fp32", 99.0), "bf16": ("bf16", 89.0)}) == []
+    over = inference.roof_warnings({"fp32": 120.0}, {"fp32": 125.0}, {"default path (fp32)": ("fp32", 149.4)})
+    assert over == ["warning: % of roof is unreliable (machine busy or CPU frequency changed): default path (fp32) "
+                    "ran at 149 % of the fp32 roof, more than the machine can (120 GFLOP/s before the timed runs, "
+                    "125 after)"]
+    moved = inference.roof_warnings({"fp32": 120.0}, {"fp32": 188.0}, {"default path (fp32)": ("fp32", 149.4)})
+    assert len(moved) == 2 and "the fp32 roof measured 120 GFLOP/s before the timed runs and 188 after, 36 % apart" \
+        in moved[0]
+    assert inference.roof_warnings({"fp32": 100.0}, {"fp32": 90.0}, {}, tolerance=0.1) == []  # at the tolerance
+    assert inference.roof_warnings({"fp32": 100.0}, {"fp32": 89.0}, {}, tolerance=0.1) != []
+
+
+def test_cpu_flags_line_reads_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse2 avx2 fma avx512f\n")
+    kernels = f"# CPU kernels {torch.backends.cpu.get_cpu_capability()}; CPU flags "
+    assert cpu_flags_line(info) == kernels + "avx2 avx512f, no avx512_bf16, no amx_bf16"
+    assert cpu_flags_line(tmp_path / "absent") == kernels + f"unknown ({tmp_path / 'absent'} unreadable)"
 
 
 def test_end_to_end_loops_agree(weights_x2, benchmark_dir, tmp_path, capsys):

@@ -43,11 +43,16 @@ from model.inference import (
 )
 from model.reference import reference_forward
 from tools.benchmarks.complexity import count_flops, meta_net
-from tools.benchmarks.report import WEIGHTS_CANDIDATES, printed_to, provenance, require_at_least
+from tools.benchmarks.report import WEIGHTS_CANDIDATES, cpu_flags_line, printed_to, provenance, require_at_least
 from tools.benchmarks.timing import interleaved, timed
 
 BF16_PATH = "sample.py --bf16 (opt-in)"
 TF32_PATH = "sample.py --tf32 (opt-in, CUDA)"
+ROOF_PRECISIONS = ("fp32", "tf32", "bf16")
+# How far the roofs measured before and after the timed runs may differ (a share of the higher one) before
+# the '% of roof' figures are called unreliable: the committed CPU reports' fp32 roofs, taken on different
+# days, span 179-189 GFLOP/s (5 %); a loaded machine gave 41-60 in eight back-to-back measurements.
+ROOF_TOLERANCE = 0.10
 
 def find_weights(path: str | None) -> Path:
     """``path`` or the first default that exists, checked to be a readable x2 checkpoint."""
@@ -83,6 +88,39 @@ def matmul_roof(device: torch.device, precision: str = "fp32", n: int = 2048, ro
         return 2 * n ** 3 / min(timed(lambda: a @ b, device) for _ in range(rounds)) / 1e9
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def measure_roofs(device: torch.device, precisions: set[str], n: int) -> dict[str, float]:
+    """:func:`matmul_roof` of each precision the paths run in (fp32 first)."""
+    return {prec: matmul_roof(device, prec, n) for prec in ROOF_PRECISIONS if prec in precisions}
+
+
+def roof_list(roofs: dict[str, float]) -> str:
+    """'188 GFLOP/s in fp32, 421 in bf16'."""
+    return ", ".join(f"{gflops:.0f}{' GFLOP/s' if k == 0 else ''} in {prec}"
+                     for k, (prec, gflops) in enumerate(roofs.items()))
+
+
+def roof_warnings(before: dict[str, float], after: dict[str, float], shares: dict[str, tuple[str, float]],
+                  tolerance: float = ROOF_TOLERANCE) -> list[str]:
+    """Why the '% of roof' column cannot be trusted, one line per reason; none when it can.
+
+    ``before``/``after``: GFLOP/s per precision, measured around the timed runs; ``shares``: each path's
+    precision and % of the roof. A roof that moved by more than ``tolerance`` (a share of the higher
+    measurement), or a path above 100 % of it, means the machine's speed changed under the run.
+    """
+    why = "warning: % of roof is unreliable (machine busy or CPU frequency changed): "
+    lines = []
+    for prec, first in before.items():
+        apart = abs(first - after[prec]) / max(first, after[prec])
+        if apart > tolerance:
+            lines.append(f"{why}the {prec} roof measured {first:.0f} GFLOP/s before the timed runs and "
+                         f"{after[prec]:.0f} after, {100 * apart:.0f} % apart (tolerance {100 * tolerance:.0f} %)")
+    for name, (prec, share) in shares.items():
+        if share > 100:
+            lines.append(f"{why}{name} ran at {share:.0f} % of the {prec} roof, more than the machine can "
+                         f"({before[prec]:.0f} GFLOP/s before the timed runs, {after[prec]:.0f} after)")
+    return lines
 
 
 def as_parameters(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -137,19 +175,24 @@ def forward_benchmark(cfg: argparse.Namespace, weights: Path, raw: dict[str, tor
     flops = count_flops(meta_net(2, cfg.branch), (cfg.size, cfg.size), 2)[0]
     precision = {name: {BF16_PATH: "bf16", TF32_PATH: "tf32"}.get(name, "fp32") for name in paths}
     roof_n = 8192 if device.type == "cuda" else 2048
-    roofs = {prec: matmul_roof(device, prec, roof_n) for prec in set(precision.values())}
+    roofs = measure_roofs(device, set(precision.values()), roof_n)
     times = interleaved(paths, cfg.rounds, cfg.warmup, device)
+    roofs_after = measure_roofs(device, set(precision.values()), roof_n)
     written, no_grad = times["authors' code as written (autograd on)"], times["authors' forward under no_grad"]
     print(f"x2, LR {cfg.size}x{cfg.size}, {cfg.branch} branch: {flops / 1e9:.2f} GFLOP per forward "
-          f"(torch.utils.flop_counter); roof: a {roof_n}^3 matmul, {roofs['fp32']:.0f} GFLOP/s in fp32"
-          + "".join(f", {roofs[prec]:.0f} in {prec}" for prec in ("tf32", "bf16") if prec in roofs))
+          f"(torch.utils.flop_counter); roof: a {roof_n}^3 matmul, {roof_list(roofs)} "
+          f"(before the timed runs; {roof_list(roofs_after)} after)")
     print("| path | ms | vs as written | vs no_grad eager | GFLOP/s | % of roof | max abs diff |\n"
           "|---|---|---|---|---|---|---|")
+    shares = {name: (precision[name], 100 * flops / t / 1e9 / roofs[precision[name]]) for name, t in times.items()}
     for name, t in times.items():
         print(f"| {name} | {t * 1e3:.1f} | {written / t:.2f}x | {no_grad / t:.2f}x | {flops / t / 1e9:.0f} | "
-              f"{100 * flops / t / 1e9 / roofs[precision[name]]:.0f} % | {diffs[name]:.1e} |")
-    print("% of roof: against the matmul roof of the path's own precision. max abs diff: against the no_grad "
-          "eager output on the [0, 1] scale; float32 paths must stay <= 1e-4, tf32 and bf16 cannot")
+              f"{shares[name][1]:.0f} % | {diffs[name]:.1e} |")
+    print("% of roof: against the matmul roof of the path's own precision, measured before the timed runs. "
+          "max abs diff: against the no_grad eager output on the [0, 1] scale; float32 paths must stay <= 1e-4, "
+          "tf32 and bf16 cannot")
+    for line in roof_warnings(roofs, roofs_after, shares):
+        print(line)
 
 
 def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float:
@@ -235,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     env = environment()
     with printed_to(cfg.report):
         print(provenance(env, torch.get_num_threads()))
+        if device.type == "cpu":
+            print(cpu_flags_line())
         if cfg.end_to_end:
             end_to_end(cfg, weights, raw, device)
         else:
