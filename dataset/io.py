@@ -242,10 +242,11 @@ def _temp_beside(path: Path) -> Path:
 
 
 def _unwritable(path: Path, err: OSError) -> InputError:
-    if err.errno in DISK_FULL:
-        return InputError(f"cannot write {path}: the disk is full ({err.strerror or err}); free space there "
+    if err.errno in DISK_FULL:  # the OS's words: HDF5's own message runs over several lines
+        return InputError(f"cannot write {path}: the disk is full ({os.strerror(err.errno)}); free space there "
                           "or choose another location")
-    return InputError(f"cannot write {path} ({err.strerror or err}): choose a writable location")
+    return InputError(f"cannot write {path} ({' '.join(str(err.strerror or err).split())}): choose a writable "
+                      "location")
 
 
 def _fsync(path: Path) -> None:
