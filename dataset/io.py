@@ -49,9 +49,12 @@ ORIENTATION = 0x0112
 
 
 def _check_still(im: Image.Image, path: Path) -> None:
-    """Refuse an animation (APNG, GIF, WebP) or a multi-page TIFF rather than silently using its first frame."""
+    """Refuse an animation (APNG, GIF, WebP) or a multi-page TIFF rather than silently using its first frame.
+
+    A phone's JPEG may be an MPO: its first picture is the photo, the others previews or depth maps, so it is read.
+    """
     frames = getattr(im, "n_frames", 1)
-    if frames > 1:
+    if frames > 1 and im.format != "MPO":
         raise InputError(f"{path} holds {frames} frames (an animation or a multi-page file) and only still images "
                          "are read: save the one frame you want as a PNG")
 

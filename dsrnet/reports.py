@@ -26,7 +26,7 @@ def report_paths(report: Path) -> tuple[Path, Path, Path]:
 
 def check_report_writable(report: Path) -> None:
     """All three files, before any work, so that a report is never left in part."""
-    ensure_writable(report)
+    ensure_writable(report)  # a folder named as the report says so before its extension is judged
     for path in report_paths(report):
         ensure_writable(path)
 

@@ -132,6 +132,16 @@ def test_an_animation_is_refused_not_cut_to_its_first_frame(tmp_path, fmt):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_multi_picture_jpeg_is_its_main_picture(tmp_path):
+    """Phones save MPO JPEGs (the photo, then previews or depth maps): not an animation."""
+    Image.fromarray(PHOTO).save(tmp_path / "phone.jpg", format="MPO", quality=95, save_all=True,
+                                append_images=[Image.fromarray(255 - PHOTO)])
+    with Image.open(tmp_path / "phone.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        main = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(read_planes(tmp_path / "phone.jpg").rgb, main)
+
+
 # --------------------------------------------------------------------------- 14: --report's extension
 
 @pytest.fixture
