@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dataset.imresize import imresize
@@ -18,7 +19,7 @@ from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.cli import HelpFormatter, check_seed, pick_device
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult, evaluate_routed, evaluate_set, markdown_table, method_sr_folder
-from dsrnet.metrics import QUANTIZE_MODES, luma, to_uint8
+from dsrnet.metrics import QUANTIZE_MODES, luma, to_uint8, to_uint16
 from dsrnet.reports import check_report_writable, report_settings, write_report
 from dsrnet.upscale import Method, bicubic_method, plan_outputs, upscale_inputs
 from model import GATE_MODES, Net, load_checkpoint
@@ -67,9 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tile_overlap", type=int, default=24,
                    help=f"LR pixels of context around each tile, at least {RECEPTIVE_RADIUS} (the receptive radius)")
     p.add_argument("--input", help="image or folder to upscale without HR (writes SR images only)")
-    p.add_argument("--output", help="with --input: the image file (one input, one scale) or the folder to write; "
+    p.add_argument("--output", help="with --input: the image file (one input, one scale) or the folder to write "
+                   "(a trailing / always means a folder); "
                    "default: SAMPLE_DIR/<model>/<input name>/x<s>/<name>_x<s>_SR.png")
-    p.add_argument("--report", help="write results JSON here (plus .md summary and _per_image.csv)")
+    p.add_argument("--report", help="REPORT.json: write the results JSON there, plus REPORT.md (summary) and "
+                   "REPORT_per_image.csv; naming REPORT.md instead gives the same three files")
     p.add_argument("--no_save", action="store_true", help="do not write SR images")
     p.add_argument("--workers", type=int, default=2, help="threads for decoding, scoring and saving")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -98,6 +101,8 @@ def check_args(cfg: argparse.Namespace) -> None:
                          f"{2 * cfg.tile_overlap + MIN_TILE_CORE} or more")
     if cfg.cuda and cfg.device and not cfg.device.startswith("cuda"):
         raise InputError(f"--cuda and --device {cfg.device} contradict each other: pass one")
+    if cfg.output is not None and not cfg.output.strip():
+        raise InputError("--output '' names no place: pass a folder (e.g. --output .) or an image file")
     if cfg.output and not cfg.input:
         raise InputError("--output names where --input's images go: add --input (evaluation writes under "
                          "--sample_dir)")
@@ -170,11 +175,13 @@ def build_net(cfg: argparse.Namespace, device: torch.device) -> tuple[Net | None
 
 
 def dsrnet_method(net: Net, scale: int, cfg: argparse.Namespace, device: torch.device) -> Method:
-    """The network as an upscaler; for a gray input the SR's luma, quantised like the RGB output."""
+    """The network as an upscaler; for a gray input the SR's luma, quantised like the RGB output, at the LR's
+    depth (a 16-bit photo is run and returned at 16 bits)."""
     def upscale(lr, gray=False):
         sr = super_resolve(net, lr, scale, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
                            self_ensemble=cfg.self_ensemble, device=device, bf16=cfg.bf16)
-        return to_uint8(luma(sr), cfg.quantize)[..., 0] if gray else to_uint8(sr, cfg.quantize)
+        levels = to_uint16 if lr.dtype == np.uint16 else to_uint8
+        return levels(luma(sr), cfg.quantize)[..., 0] if gray else levels(sr, cfg.quantize)
     return upscale
 
 

@@ -24,19 +24,25 @@ Two sources:
   serves all scales, and each LR is made with MATLAB-style ``imresize(hr, 1/s)``.
 
 Run it as the README does (``cd dataset && python div2h5.py``) or from the repository
-root (``python dataset/div2h5.py``). The output is written to a temp file next to it and
-renamed only when complete, so an error or Ctrl-C never leaves a half-written file.
+root (``python dataset/div2h5.py``). The output is written to a temp file next to it
+(``.NAME.XXXXXXXX.tmp``) and renamed only when complete, so an error, a full disk, Ctrl-C or
+SIGTERM never leaves a half-written file; the temp file a killed run (SIGKILL, power loss)
+leaves is removed by the next run for the same output. An output that is one of the inputs
+is refused.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import re
+import signal
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -48,10 +54,15 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.imresize import imresize, modcrop
-from dataset.io import atomic_path, image_size, images_in, read_image
+from dataset.io import atomic_path, image_size, images_in, read_image, stale_temps
 from dsrnet.cli import HelpFormatter
 from dsrnet.errors import InputError, run_cli
 from model import SCALES
+
+try:
+    import fcntl
+except ImportError:  # Windows: a temp file a live run holds open cannot be deleted there anyway
+    fcntl = None
 
 __all__ = ["pack_div2k", "pack_hr_folder", "main"]
 
@@ -151,7 +162,7 @@ def _ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
                 future.cancel()
 
 
-def _prepare_output(output: Path) -> None:
+def _prepare_output(output: Path, sources: Iterable[Path]) -> None:
     if output.is_dir():
         raise InputError(f"--output {output} is a folder: give a file name, e.g. {output / 'DIV2K_train.h5'}")
     try:
@@ -161,14 +172,58 @@ def _prepare_output(output: Path) -> None:
                          "pick another --output") from None
     if not os.access(output.parent, os.W_OK):
         raise InputError(f"output folder {output.parent} is not writable: pick another --output")
+    if output.exists():  # the same file under another name, a symlink or a hard link too
+        target = os.stat(output)
+        for src in sources:
+            if os.path.samestat(target, os.stat(src)):
+                raise InputError(f"--output {output} is the input image {src}: the pack would replace it; "
+                                 "pass another --output")
+
+
+def _remove_stale_temps(output: Path) -> None:
+    """Delete the temp files of ``output`` that killed runs left (``.NAME.XXXXXXXX.tmp``), no other file.
+
+    A run writing one holds a lock on it (:func:`_hold`), so a temp file still being written by a live
+    run is left alone.
+    """
+    removed = 0
+    for tmp in stale_temps(output.parent, re.escape(output.name)):
+        try:
+            with open(tmp, "rb+") as f:
+                if fcntl is not None:
+                    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink()
+        except OSError:
+            continue
+        removed += 1
+    if removed:
+        print(f"removed {removed} temp file(s) of {output.name} that a killed run left in {output.parent}",
+              flush=True)
+
+
+@contextmanager
+def _hold(tmp: Path) -> Iterator[None]:
+    """Lock ``tmp`` while it is written, so that another run's :func:`_remove_stale_temps` leaves it alone.
+
+    A POSIX record lock (HDF5's own flock is separate, and either dies with its process), taken once HDF5 has
+    the file open: the process loses such a lock whenever it closes any descriptor of the file, and HDF5 opens
+    and closes it while creating it.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(tmp, "rb+") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
 
 
 def _write_h5(output: Path, scales: Sequence[int], items: Sequence, load: Callable[..., Loaded],
-              workers: int, compression: str | None) -> None:
+              workers: int, compression: str | None, sources: Iterable[Path]) -> None:
     """Load every item and store it as dataset ``str(i)`` of HR and each X{s}, atomically."""
-    _prepare_output(output)
+    _prepare_output(output, sources)
+    _remove_stale_temps(output)
     try:
-        with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(output) as tmp, h5py.File(tmp, "w") as f, _hold(tmp):
             groups = {"HR": f.create_group("HR")}
             groups.update({f"X{s}": f.create_group(f"X{s}") for s in scales})
             with closing(_ordered_map(load, items, workers)) as loaded, \
@@ -179,8 +234,8 @@ def _write_h5(output: Path, scales: Sequence[int], items: Sequence, load: Callab
                         groups[f"X{s}"].create_dataset(str(i), data=lrs[s], compression=compression)
                     bar.update()
     except OSError as err:  # loaders raise InputError, so an OSError here is a write failure
-        raise InputError(f"cannot write {output} ({err}): check free space and permissions "
-                         "or pick another --output") from None
+        raise InputError(f"cannot write {output} ({' '.join(str(err).split())}): check free space and "
+                         "permissions or pick another --output") from None
 
 
 def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, dataset_type: str = "train",
@@ -189,7 +244,8 @@ def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, datase
     """Pack DIV2K's HR and official bicubic LR images; returns the number of images."""
     scales = _check_scales(scales)
     items = _div2k_pairs(Path(dataset_dir), dataset_type, scales)
-    _write_h5(Path(output), scales, items, _load_div2k, workers, compression)
+    sources = [p for hr, lrs in items for p in (hr, *lrs.values())]
+    _write_h5(Path(output), scales, items, _load_div2k, workers, compression, sources)
     return len(items)
 
 
@@ -211,7 +267,7 @@ def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
             raise InputError(f"{p} is {w}x{h}, smaller than {side} (a multiple of every scale "
                              f"in {' '.join(map(str, scales))}): remove it")
     _write_h5(Path(output), scales, paths, partial(_load_and_downscale, scales=scales),
-              workers, compression)
+              workers, compression, paths)
     return len(paths)
 
 
@@ -238,7 +294,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a job scheduler, ``kill``) ends the run as Ctrl-C does, removing the temp file, with status 143."""
+    def stop(_signum: int, _frame) -> None:
+        raise SystemExit(128 + signal.SIGTERM)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    with _sigterm_unwinds():
+        _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     args = _parse_args(argv)
     if args.workers < 1:
         raise InputError(f"--workers {args.workers} must be at least 1")

@@ -19,15 +19,25 @@ def to_uint8(img: torch.Tensor | np.ndarray, quantize: str = "truncate") -> np.n
 
     'truncate' is the authors' `.mul(255).clamp(0, 255).byte()`; 'round' rounds to nearest.
     """
+    return _to_levels(img, quantize, 255, np.uint8)
+
+
+def to_uint16(img: torch.Tensor | np.ndarray, quantize: str = "truncate") -> np.ndarray:
+    """[0, 1] float image -> HWC uint16, quantised like :func:`to_uint8` (a 16-bit photo's SR keeps its depth)."""
+    return _to_levels(img, quantize, 65535, np.uint16)
+
+
+def _to_levels(img: torch.Tensor | np.ndarray, quantize: str, peak: int, dtype: type) -> np.ndarray:
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     if isinstance(img, torch.Tensor):
-        t = img.detach().float().mul(255)
+        t = img.detach().float().mul(peak)
         t = t.add_(0.5).floor_() if quantize == "round" else t
-        return t.clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    a = np.asarray(img, dtype=np.float64) * 255
+        t = t.clamp_(0, peak).permute(1, 2, 0)
+        return t.to(torch.uint8).cpu().numpy() if dtype == np.uint8 else t.cpu().numpy().astype(dtype)
+    a = np.asarray(img, dtype=np.float64) * peak
     a = np.floor(a + 0.5) if quantize == "round" else a
-    return np.clip(a, 0, 255).astype(np.uint8)
+    return np.clip(a, 0, peak).astype(dtype)
 
 
 # ITU-R BT.601 luma weights; rgb_to_y's studio-range Y is 16 + 219/255 times this full-range luma.

@@ -6,18 +6,27 @@ import json
 from pathlib import Path
 
 from dataset.io import atomic_write_bytes, ensure_writable
+from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult, per_image_csv_beside, write_per_image_csv
 from dsrnet.provenance import environment
 from model import file_sha256
 
 
 def report_paths(report: Path) -> tuple[Path, Path, Path]:
-    """The JSON, its markdown summary and its per-image CSV."""
-    return report, report.with_suffix(".md"), per_image_csv_beside(report)
+    """The JSON, its markdown summary and its per-image CSV. The extension of ``report`` says which of the first
+    two it is (.json or .md); the others go beside it under the same stem, so neither format is ever written
+    into a file named for the other."""
+    kind = report.suffix.lower()
+    if kind not in (".json", ".md"):
+        raise InputError(f"--report {report}: name a .json file (results, with the markdown summary and the "
+                         "per-image CSV beside it) or a .md file (the summary, with the JSON and CSV beside it)")
+    json_path = report if kind == ".json" else report.with_suffix(".json")
+    return json_path, report if kind == ".md" else report.with_suffix(".md"), per_image_csv_beside(json_path)
 
 
 def check_report_writable(report: Path) -> None:
     """All three files, before any work, so that a report is never left in part."""
+    ensure_writable(report)  # a folder named as the report says so before its extension is judged
     for path in report_paths(report):
         ensure_writable(path)
 

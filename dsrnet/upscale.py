@@ -1,8 +1,8 @@
-"""Upscaling a user's own images (no HR): gray stays gray, alpha is kept, and no output overwrites another.
+"""Upscaling a user's own images (no HR): they come out as they went in, and no output overwrites another.
 
-Every mode PIL opens is decoded by :func:`dataset.io.read_planes`; the network always sees RGB. A grayscale
-input comes back as one channel, the BT.601 luma of the SR (:func:`dsrnet.metrics.luma`); an alpha channel is
-upscaled with MATLAB-style bicubic and kept.
+Every still image PIL opens is decoded, upright, by :func:`dataset.io.read_planes`; the network always sees RGB.
+A grayscale input comes back as one channel, the BT.601 luma of the SR (:func:`dsrnet.metrics.luma`); an alpha
+channel is upscaled with MATLAB-style bicubic and kept; a 16-bit input is run and written at 16 bits.
 """
 from __future__ import annotations
 
@@ -13,10 +13,20 @@ from typing import Callable
 import numpy as np
 
 from dataset.imresize import imresize
-from dataset.io import IMAGE_EXTENSIONS, Planes, check_savable, ensure_writable, image_size, read_planes, write_image
+from dataset.io import (
+    IMAGE_EXTENSIONS,
+    Planes,
+    check_replaceable,
+    check_savable,
+    ensure_writable,
+    image_size,
+    read_planes,
+    write_image,
+)
 from dsrnet.errors import InputError
 
-# LR uint8 RGB HxWx3 and "the input was grayscale" -> SR uint8, HxWx3 or (gray) HxW.
+# LR RGB HxWx3 and "the input was grayscale" -> SR in the LR's dtype (uint8, or uint16 for a 16-bit photo),
+# HxWx3 or (gray) HxW.
 Method = Callable[[np.ndarray, bool], np.ndarray]
 
 
@@ -25,8 +35,11 @@ def bicubic_method(scale: int) -> Method:
     return lambda lr, gray: imresize(lr[..., 0] if gray else lr, scale)
 
 
-def is_file_target(output: str | os.PathLike) -> bool:
-    """``--output`` names an image file (it ends in an image extension and is no folder), else a folder."""
+def is_file_target(output: str) -> bool:
+    """``--output`` names an image file (it ends in an image extension, is no folder and does not end in a
+    slash), else a folder."""
+    if output.endswith(("/", os.sep)):
+        return False
     return Path(output).suffix.lower() in IMAGE_EXTENSIONS and not Path(output).is_dir()
 
 
@@ -64,17 +77,20 @@ def plan_outputs(inputs: list[Path], source: Path, output: str | None, scales: l
         if dst.resolve() in sources:
             raise InputError(f"the output {dst} would overwrite the input {sources[dst.resolve()]}: "
                              "pass another --output")
+    for _, _, dst in plan:
+        check_replaceable(dst)
     for parent in dict.fromkeys(dst.parent for _, _, dst in plan):
         ensure_writable(parent / "SR.png")
     return plan
 
 
 def upscale_planes(planes: Planes, scale: int, method: Method) -> np.ndarray:
-    """SR of decoded planes in the input's own kind: gray (HxW), gray+alpha, RGB or RGBA (alpha last)."""
+    """SR of decoded planes in the input's own kind: gray (HxW), gray+alpha, RGB or RGBA (alpha last), at the
+    planes' depth."""
     sr = method(planes.rgb, planes.gray)
     if planes.alpha is None:
         return sr
-    alpha = imresize(planes.alpha, scale)  # uint8 in, uint8 out, rounded as MATLAB does
+    alpha = imresize(planes.alpha, scale)  # uint8 (uint16) in, the same out, rounded as MATLAB does
     return np.dstack([sr, alpha])
 
 
@@ -83,7 +99,7 @@ def upscale_inputs(plan: list[tuple[Path, int, Path]], methods: dict[int, Method
     for src in dict.fromkeys(src for src, _, _ in plan):
         image_size(src)
     for src, scale, dst in plan:
-        planes = read_planes(src)
+        planes = read_planes(src, keep_depth=True)
         check_savable(dst, (1 if planes.gray else 3) + (planes.alpha is not None))
         write_image(dst, upscale_planes(planes, scale, methods[scale]))
         print(dst, flush=True)

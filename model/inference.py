@@ -110,12 +110,14 @@ def memory_format_of(net: torch.nn.Module) -> torch.memory_format:
 
 def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu",
                     memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
-    """HWC uint8 RGB -> 1x3xHxW float in [0, 1] (the authors' ToTensor), in ``memory_format``.
+    """HWC uint8 RGB -> 1x3xHxW float in [0, 1] (the authors' ToTensor), in ``memory_format``; uint16 (a 16-bit
+    photo) is divided by 65535, so the net sees its full precision.
 
     HWC is already the NHWC layout, so the permute is free and no copy is made before the float cast.
     """
-    t = torch.from_numpy(np.ascontiguousarray(img)).to(device)
-    return t.permute(2, 0, 1).unsqueeze(0).float().div_(255).contiguous(memory_format=memory_format)
+    peak = 65535 if img.dtype == np.uint16 else 255
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32 if peak == 65535 else None)).to(device)
+    return t.permute(2, 0, 1).unsqueeze(0).float().div_(peak).contiguous(memory_format=memory_format)
 
 
 # LR pixels of context a tile needs for its SR to equal whole-image SR, at every scale. Every conv is 3x3 (reach 1):
@@ -208,7 +210,7 @@ def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
 def super_resolve(net: torch.nn.Module, lr: np.ndarray, scale: int, tile: int | None = None,
                   tile_overlap: int = 24, self_ensemble: bool = False,
                   device: str | torch.device | None = None, bf16: bool = False) -> torch.Tensor:
-    """SR of one uint8 HWC image -> 3xHxW float tensor in ~[0, 1] on ``device``.
+    """SR of one uint8 (or uint16) HWC image -> 3xHxW float tensor in ~[0, 1] on ``device``.
 
     ``self_ensemble`` averages the 8 dihedral transforms (the usual "+" results). ``bf16`` runs the
     net under bfloat16 autocast: faster where the hardware has it, but not the float32 protocol. A net

@@ -289,3 +289,103 @@ def test_help_explains_every_flag_and_shows_defaults():
     assert "which DIV2K split" in lines["--dataset_type"] and "(default: train)" in lines["--dataset_type"]
     assert "LR groups" in lines["--scales"] and "(default: [2, 3, 4])" in lines["--scales"]
     assert "(default: DIV2K)" in lines["--dataset_dir"] and "(default: none)" in lines["--compression"]
+
+
+# --------------------------------------------------------------------------- outputs that must not be
+
+def _photos(folder: Path, n: int = 3) -> Path:
+    rng = np.random.default_rng(n)
+    for k in range(n):
+        write_image(folder / f"{k}.png", rng.integers(0, 256, (24, 28, 3), dtype=np.uint8))
+    return folder
+
+
+def test_an_output_that_is_an_input_is_refused(tree, tmp_path):
+    """By its path, a symlink or a hard link to it: the pack would have replaced the photo."""
+    photos = _photos(tmp_path / "photos")
+    (tmp_path / "link.h5").symlink_to(photos / "1.png")
+    os.link(photos / "2.png", tmp_path / "hard.h5")
+    before = {p: p.read_bytes() for p in photos.iterdir()}
+    for out in (photos / "0.png", tmp_path / "link.h5", tmp_path / "hard.h5"):
+        with pytest.raises(InputError, match=rf"--output {out} is the input image .*[0-2]\.png: .*another --output"):
+            pack_hr_folder(photos, out, scales=[2])
+    lr = tree / "DIV2K_train_LR_bicubic" / "X3" / "0002x3.png"
+    lr_bytes = lr.read_bytes()
+    with pytest.raises(InputError, match="is the input image"):
+        pack_div2k(tree, lr)
+    assert lr.read_bytes() == lr_bytes and before == {p: p.read_bytes() for p in photos.iterdir()}
+
+
+def test_temp_files_of_killed_runs_are_removed_at_the_next_start(tmp_path, capsys):
+    """What SIGKILL leaves (atomic_path's .NAME.XXXXXXXX.tmp) goes; other outputs' temps and look-alikes stay,
+    and so does a temp file a live process holds locked (another run still writing it)."""
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / "pack.h5"
+    stale, other, alike, live = (tmp_path / n for n in (".pack.h5.k1ll3d_x.tmp", ".other.h5.k1ll3d_x.tmp",
+                                                         ".pack.h5.notmine.tmp", ".pack.h5.w0rk1ng_.tmp"))
+    for p in (stale, other, alike, live):
+        p.write_bytes(b"half an HDF5 file")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'rb+'); "
+                               "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+                               str(live)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        pack_hr_folder(photos, out, scales=[2])
+    finally:
+        holder.communicate("", timeout=30)
+    assert not stale.exists() and other.exists() and alike.exists() and live.exists()
+    assert "removed 1 temp file(s) of pack.h5 that a killed run left" in capsys.readouterr().out
+    with h5py.File(out) as f:
+        assert len(f["HR"]) == 3
+
+
+def test_a_running_pack_holds_its_temp_file(tmp_path, monkeypatch):
+    """Another start's clean-up, run while this pack writes, leaves the pack's temp file alone."""
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / "pack.h5"
+    seen = []
+
+    def read_and_clean(path):
+        if not seen:
+            [tmp] = tmp_path.glob(".pack.h5.*.tmp")
+            code = "import sys; from pathlib import Path; from dataset.div2h5 import _remove_stale_temps; " \
+                   "_remove_stale_temps(Path(sys.argv[1]))"
+            subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, check=True, timeout=60)
+            seen.append(tmp.exists())
+        return read_image(path)
+
+    monkeypatch.setattr(div2h5, "read_image", read_and_clean)
+    pack_hr_folder(photos, out, scales=[2], workers=1)
+    assert seen == [True]
+    with h5py.File(out) as f:
+        assert len(f["HR"]) == 3
+
+
+def test_sigterm_mid_pack_leaves_nothing(train_photos, tmp_path):
+    out = tmp_path / "photos.h5"
+    proc = subprocess.Popen([sys.executable, "div2h5.py", "--hr_dir", str(train_photos), "--output", str(out),
+                             "--workers", "2"], cwd=ROOT / "dataset", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".photos.h5.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_in_hdf5_is_one_line(tree, tmp_path, monkeypatch, capsys):
+    """HDF5's own message for ENOSPC runs over two lines (its time stamp ends in a newline)."""
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "Can't synchronously write data (file write failed: time = Sun Dec  6 22:16:16 2026\n"
+                          ", filename = 'x', errno = 28, error message = 'No space left on device')")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", disk_full)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: main(["--dataset_dir", str(tree), "--output", str(tmp_path / "train.h5"), "--workers", "1"]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot write {tmp_path / 'train.h5'}: the disk is full (No space left on device)")
+    assert _leftovers(tmp_path) == []
