@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import math
 import re
 import signal
@@ -347,6 +348,16 @@ def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argp
     return scores
 
 
+def progress_line(row: dict, max_steps: int, batch_size: int) -> str:
+    """Where a run without a progress bar stands: step, loss, speed and the time left at that speed
+    (validation and checkpoints aside)."""
+    speed = row["samples_per_s"]
+    left = (max_steps - row["step"]) * batch_size / speed if speed > 0 else math.inf
+    eta = str(datetime.timedelta(seconds=round(left))) if math.isfinite(left) else "unknown"
+    return (f"step {row['step']}/{max_steps}: loss {row['loss']:.5f}, {speed:.1f} samples/s, "
+            f"about {eta} left")
+
+
 def all_finite(net: Net) -> bool:
     """Every weight and buffer finite (one host sync): a checkpoint of NaN weights poisons every resume."""
     tensors = [t for t in net.state_dict().values() if t.is_floating_point()]
@@ -538,7 +549,8 @@ class Solver:
         return routing + [f"{ts.name}_x{ts.scale}_{m}" for ts in self.valid_sets for m in ("psnr", "ssim")]
 
     def report(self, row: dict, log: RunLog | None, bar: tqdm, evaluated: bool) -> None:
-        """Rank 0: the row into log.csv/TensorBoard and the progress bar; printed if validated or --verbose."""
+        """Rank 0: the row into log.csv/TensorBoard and the progress bar; printed if validated or --verbose.
+        Without a terminal (nohup, a job script) there is no bar: a progress line takes its place."""
         if log is None:
             return
         log.write(row)
@@ -546,6 +558,8 @@ class Solver:
         if evaluated or self.cfg.verbose:
             print_rank0(f"step {row['step']}: " + ", ".join(
                 f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "step"), bar)
+        elif bar.disable:
+            print_rank0(progress_line(row, self.cfg.max_steps, self.cfg.batch_size), bar)
 
     def save_weights(self, scores: dict[str, float]) -> dict[str, float]:
         """Rank 0: the weights-only best (mean validation PSNR) and final files; returns ``scores``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -355,3 +356,14 @@ def test_output_nobody_reads_never_stops_training(pack, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert read_checkpoint(tmp_path / "dsrnet_x2_final.pth")["step"] == 6
+
+
+def test_a_run_without_a_terminal_prints_progress_every_log_interval(pack, tmp_path):
+    """Output into a file or pipe (nohup, a job script) has no progress bar: a line every --log_interval
+    steps says where the run stands."""
+    proc = cli(pack, tmp_path, "--max_steps", "6", "--print_interval", "6", "--log_interval", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("step ") and "/6:" in line]
+    assert [line.split(":")[0] for line in lines] == ["step 2/6", "step 4/6"]
+    assert all(re.fullmatch(r"step \d/6: loss \d\.\d{5}, \d+\.\d samples/s, about \d+:\d\d:\d\d left", line)
+               for line in lines), lines
