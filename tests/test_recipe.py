@@ -162,12 +162,17 @@ def _hand_loss(name: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_grads(init: dict, lr: torch.Tensor, hr: torch.Tensor, name: str) -> tuple[torch.Tensor, dict]:
-    """SR and parameter gradients of ``name``'s loss, written out by hand, on a fresh 'selected' net."""
+    """SR and parameter gradients of ``name``'s loss, written out by hand, on a fresh 'selected' CPU net."""
     net = Net(scale=2, gate_mode="selected").train()
     net.load_state_dict(init)
-    sr = net(lr.contiguous(), 2)
-    _hand_loss(name, sr, hr.contiguous()).backward()
+    sr = net(lr.cpu().contiguous(), 2)
+    _hand_loss(name, sr, hr.cpu().contiguous()).backward()
     return sr.detach(), {n: p.grad for n, p in net.named_parameters()}
+
+
+def _tolerance(solver: Solver) -> float:
+    """Relative error allowed between two computations of one step: a GPU trains with TF32 convolutions."""
+    return 1e-4 if solver.device.type == "cpu" else 1e-2
 
 
 def _relative_error(got: list, expected: list) -> float:
@@ -180,40 +185,41 @@ def _relative_error(got: list, expected: list) -> float:
 def test_loss_fn_is_the_loss_logged_and_minimised(pack, tmp_path, loss_fn):
     s = make(pack, tmp_path, "--gate", "selected", "--loss_fn", loss_fn, "--clip", "1e9", "--max_steps", "1",
              "--log_interval", "1")
-    init = {k: v.clone() for k, v in s.net.state_dict().items()}
-    names = [n for n, _ in s.net.named_parameters() if _.requires_grad]
+    init = {k: v.cpu().clone() for k, v in s.net.state_dict().items()}
     rec = Recorder(s, tensors=True)
+    name_of = {id(p): n for n, p in s.net.named_parameters()}
     s.fit()
     [(lr, hr)], [sr] = rec.batches, rec.srs
     assert float(log_rows(tmp_path)[0]["loss"]) == pytest.approx(float(_hand_loss(loss_fn, sr, hr)), rel=2e-5)
     ref_sr, ref = _reference_grads(init, lr, hr, loss_fn)
-    assert torch.allclose(ref_sr, sr, atol=1e-5)
-    got = [(g, ref[n]) for n, g in zip(names, rec.grads[0]) if g is not None or ref[n] is not None]
+    assert _relative_error([sr.cpu()], [ref_sr]) < _tolerance(s)
+    got = [(g, ref[name_of[id(p)]]) for p, g in zip(rec.params, rec.grads[0])]
+    got = [(g, e) for g, e in got if g is not None or e is not None]
     assert all(g is not None and e is not None for g, e in got)
-    assert _relative_error([g for g, _ in got], [e for _, e in got]) < 1e-4
+    assert _relative_error([g.cpu() for g, _ in got], [e for _, e in got]) < _tolerance(s)
 
 
 def test_gradients_are_clipped_to_clip_after_unscaling(pack, tmp_path):
-    """One step, three clips: far above the norm (the reference), just above it (nothing changes) and an
+    """One step, three clips: far above the norm (the reference), above it (nothing changes) and an
     eighth of it (scaled down to exactly --clip, same direction). The clipped run's loss is scaled by 4096
     as fp16 training does: clipping must act on the unscaled gradients."""
-    def first_step(tag: str, clip: float, loss_scale: float | None = None) -> Recorder:
+    def first_step(tag: str, clip: float, loss_scale: float | None = None) -> tuple[Recorder, float]:
         s = make(pack, tmp_path / tag, "--gate", "selected", "--clip", repr(clip), "--max_steps", "1")
         if loss_scale:
-            s.scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
+            s.scaler = torch.amp.GradScaler(s.device.type, init_scale=loss_scale)
         rec = Recorder(s, tensors=True)
         s.fit()
-        return rec
+        return rec, _tolerance(s)
 
-    ref = first_step("ref", 1e9)
+    ref, tol = first_step("ref", 1e9)
     norm = ref.grad_norm(0)
-    above = first_step("above", 1.01 * norm)
-    clipped = first_step("clipped", norm / 8, loss_scale=4096.0)
+    above, _ = first_step("above", 1.5 * norm)
+    clipped, _ = first_step("clipped", norm / 8, loss_scale=4096.0)
     assert clipped.grad_norm(0) == pytest.approx(norm / 8, rel=1e-4)
     pairs = [(g, r) for g, r in zip(clipped.grads[0], ref.grads[0]) if r is not None]
-    assert _relative_error([g for g, _ in pairs], [r / 8 for _, r in pairs]) < 1e-4
+    assert _relative_error([g for g, _ in pairs], [r / 8 for _, r in pairs]) < tol
     pairs = [(g, r) for g, r in zip(above.grads[0], ref.grads[0]) if r is not None]
-    assert _relative_error([g for g, _ in pairs], [r for _, r in pairs]) < 1e-6
+    assert _relative_error([g for g, _ in pairs], [r for _, r in pairs]) < tol
 
 
 def _adam_deltas(grads: list[list[torch.Tensor | None]], lr: float, betas: tuple[float, float],
