@@ -43,6 +43,7 @@ class Mutation:
 # Test files run in the order given, with -x: the likeliest to catch a mutation first.
 INFERENCE_TESTS = ("tests/test_inference.py", "tests/test_model.py", "tests/test_sample.py")
 RECIPE = ("tests/test_recipe.py",)
+RUN_FOLDER = ("tests/test_run_folder.py",)
 SEAM = "bounds = [0] + [(nxt + cur + window) // 2 for cur, nxt in zip(starts, starts[1:])] + [length]"
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -159,14 +160,49 @@ MUTATIONS: tuple[Mutation, ...] = (
              "(self.folder / name).unlink(missing_ok=True); self.best_path.unlink(missing_ok=True)", RECIPE,
              select="best_checkpoint"),
     Mutation("recipe: best PSNR not restored on resume", "dsrnet/checkpoints.py",
-             'self.best_psnr = recorded[self.best_path].get("mean_psnr")', "self.best_psnr = None", RECIPE,
+             'self.best_psnr = best.get("mean_psnr")', "self.best_psnr = None", RECIPE,
              select="best_checkpoint"),
     Mutation("recipe: luma weights of R and B swapped", "dsrnet/metrics.py",
              "BT601 = (0.299, 0.587, 0.114)", "BT601 = (0.114, 0.587, 0.299)", RECIPE, select="gray"),
     Mutation("recipe: Y weights of R and B swapped", "dsrnet/metrics.py",
              "[65.481, 128.553, 24.966]", "[24.966, 128.553, 65.481]", RECIPE, select="gray"),
     Mutation("recipe: gray output is the SR's red channel", "sample.py",
-             "to_uint8(luma(sr), cfg.quantize)", "to_uint8(sr, cfg.quantize)", RECIPE, select="gray"),
+             "levels(luma(sr), cfg.quantize)[..., 0]", "levels(sr, cfg.quantize)[..., 0]", RECIPE, select="gray"),
+    Mutation("run folder: a new run takes over an occupied folder", "dsrnet/checkpoints.py",
+             "        if found:\n            listed", "        if False:\n            listed", RUN_FOLDER,
+             select="new_run or another_name or users_file"),
+    Mutation("run folder: a file the run did not write is replaced", "dsrnet/checkpoints.py",
+             "if path not in self.owned and os.path.lexists(path):", "if False:", RUN_FOLDER, select="users_file"),
+    Mutation("run folder: another run's file under a resumed run's name is replaced", "dsrnet/checkpoints.py",
+             "        if foreign:\n", "        if False:\n", RUN_FOLDER, select="users_file"),
+    Mutation("run folder: the lock is written through a link", "dsrnet/run_lock.py",
+             'os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)', "os.O_RDWR | os.O_CREAT", RUN_FOLDER,
+             select="users_file"),
+    Mutation("run folder: checkpoints a kill left beyond --keep_last stay", "dsrnet/checkpoints.py",
+             "            p.unlink(missing_ok=True)\n            self.owned.discard(p)",
+             "            self.owned.discard(p)", RUN_FOLDER, select="keep_last"),
+    Mutation("run folder: non-finite weights are saved", "solver.py",
+             "        if not all_finite(self.net):", "        if False:", RUN_FOLDER, select="non_finite"),
+    Mutation("run folder: lr inf accepted", "solver.py",
+             "math.isfinite(value) and (value > low", "(value > low", RUN_FOLDER, select="refused"),
+    Mutation("run folder: a step killed before its validation is never validated", "solver.py",
+             "if log is not None and self.pending_row and not log.has_row(self.step):",
+             "if False:", RUN_FOLDER, select="kill_while or interrupted"),
+    Mutation("run folder: the pending row is not saved", "solver.py",
+             "self.save(self.step, row)", "self.save(self.step)", RUN_FOLDER, select="kill_while or interrupted"),
+    Mutation("run folder: the best compares across validation sets", "dsrnet/checkpoints.py",
+             "if basis[0] and before != basis:", "if False:", RUN_FOLDER, select="one_validation_set"),
+    Mutation("run folder: Adam's state not regrouped on a --gate change", "solver.py",
+             "regroup = None if saved_groups == groups else", "regroup = None if True else", RUN_FOLDER,
+             select="change_the_gate"),
+    Mutation("run folder: a changed training file goes unnoticed", "dsrnet/checkpoints.py",
+             "    if not saved or (saved.get", "    if True or (saved.get", RUN_FOLDER, select="training_file"),
+    Mutation("run folder: a closed stdout stops training", "solver.py",
+             "    output_never_stops_the_run()\n", "", RUN_FOLDER, select="nobody_reads"),
+    Mutation("run folder: --amp none keeps a recorded --amp", "solver.py",
+             '    cfg.amp = None if cfg.amp == "none" else cfg.amp\n', "", RUN_FOLDER, select="off_form"),
+    Mutation("run folder: no progress line without a terminal", "solver.py",
+             "        elif bar.disable:", "        elif False:", RUN_FOLDER, select="terminal"),
 )
 
 
