@@ -153,6 +153,13 @@ def test_a_users_file_under_a_run_name_and_a_linked_lock_are_never_written(pack,
     with pytest.raises(InputError, match="dsrnet_x2_best.pth was not written by"):
         make(pack, run, "--max_steps", "4", "--resume", "--valid_data_dir", str(_valid_set(tmp_path / "V", True)))
     assert mine.read_bytes() == b"the user's own weights"
+    # one that appears while the run goes: refused when the run reaches its name, the file intact
+    later = tmp_path / "later"
+    s = make(pack, later, "--max_steps", "2", "--print_interval", "1")
+    (later / "dsrnet_x2_2.pth").write_bytes(b"the user's own weights")
+    with pytest.raises(InputError, match="dsrnet_x2_2.pth was not written by this run"):
+        s.fit()
+    assert (later / "dsrnet_x2_2.pth").read_bytes() == b"the user's own weights"
     # a lock file that is a link: refused, its target untouched
     linked = tmp_path / "linked"
     linked.mkdir()
