@@ -10,6 +10,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 import sample
+from conftest import need_set
 from dataset.io import read_image, write_image
 from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y, ssim_y
@@ -26,7 +27,7 @@ def crops(tmp_path_factory, benchmark_dir) -> Path:
     root = tmp_path_factory.mktemp("data") / "Crops"
     picks = [("Set5", "img_001", (0, 0)), ("Set5", "img_004", (20, 30)), ("Set14", "img_005", (40, 16))]
     for ds, name, (top, left) in picks:
-        folder = benchmark_dir / ds / "image_SRF_2"
+        folder = need_set(benchmark_dir, ds) / "image_SRF_2"
         hr = read_image(folder / f"{name}_SRF_2_HR.png")[2 * top:2 * top + 80, 2 * left:2 * left + 104]
         lr = read_image(folder / f"{name}_SRF_2_LR.png")[top:top + 40, left:left + 52]
         write_image(root / "HR" / f"{ds}_{name}.png", hr)
