@@ -19,7 +19,7 @@ from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.cli import HelpFormatter, check_seed, pick_device
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import SetResult, evaluate_routed, evaluate_set, markdown_table, method_sr_folder
-from dsrnet.metrics import QUANTIZE_MODES, luma, to_uint8, to_uint16
+from dsrnet.metrics import PROTOCOLS, QUANTIZE_MODES, luma, to_uint8, to_uint16
 from dsrnet.reports import check_report_writable, report_settings, write_report
 from dsrnet.upscale import Method, bicubic_method, plan_outputs, upscale_inputs
 from model import GATE_MODES, Net, load_checkpoint
@@ -38,7 +38,7 @@ from model.inference import (
 DEFAULT_SETS = ("Set5", "Set14", "B100", "BSD100", "Urban100")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="dsrnet", help="model module under model/ (only dsrnet)")
     p.add_argument("--ckpt_path", help=f"checkpoint (authors' or ours); default {AUTHORS_WEIGHTS.relative_to(ROOT)}")
@@ -54,7 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate", choices=GATE_MODES, default="selected",
                    help="gate mode (docs/evaluation.md#gate); 'learned' routes each image by the gate's noise-free decision")
     p.add_argument("--seed", type=int, default=0, help="seed of the 'sample' gate mode, 0 to 2**64-1")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, default="truncate", help="SR float -> uint8")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default="authors",
+                   help="scoring convention (docs/evaluation.md#protocol): 'authors' truncates the SR and rounds Y; "
+                        "'basicsr' rounds the SR and keeps Y as float, comparable with BasicSR-trained models")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="SR float -> uint8 (default: the protocol's, truncate for authors, round for basicsr)")
     p.add_argument("--bicubic", action="store_true", help="add the MATLAB-bicubic baseline rows")
     p.add_argument("--self_ensemble", action="store_true", help="x8 flips/rotations ('+' results)")
     p.add_argument("--bf16", action="store_true",
@@ -76,11 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_save", action="store_true", help="do not write SR images")
     p.add_argument("--workers", type=int, default=2, help="threads for decoding, scoring and saving")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def check_args(cfg: argparse.Namespace) -> None:
-    """Every flag on its own and against the others, before any file is read: one line for each refusal."""
+    """Every flag on its own and against the others, before any file is read: one line for each refusal.
+    Then ``cfg.quantize`` is the protocol's unless given."""
     if cfg.model != "dsrnet":
         raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
     if cfg.scale and min(cfg.scale) < 2:
@@ -116,10 +125,14 @@ def check_args(cfg: argparse.Namespace) -> None:
         if cfg.bicubic and cfg.ckpt_path:
             raise InputError("--input upscales with one method: drop --bicubic to use --ckpt_path, or drop "
                              "--ckpt_path to upscale with bicubic")
+    if cfg.protocol == "basicsr" and cfg.quantize == "truncate":
+        raise InputError("--protocol basicsr rounds the SR to uint8 as BasicSR does, so --quantize truncate "
+                         "contradicts it: drop --quantize truncate, or use --protocol authors")
     if cfg.report:
         check_report_writable(Path(cfg.report))
     if not cfg.no_save and not cfg.input:
         ensure_writable(Path(cfg.sample_dir) / "SR.png")
+    cfg.quantize = cfg.quantize or PROTOCOLS[cfg.protocol].quantize
 
 
 def check_precision(cfg: argparse.Namespace, device: torch.device) -> None:
@@ -196,7 +209,8 @@ def evaluate_sets(cfg: argparse.Namespace, net: Net | None, scales: list[int], d
             jobs.append(("DSRNet+" if cfg.self_ensemble else "DSRNet", dsrnet_method(net, ts.scale, cfg, device)))
         for name, upscale in jobs:
             save = None if cfg.no_save else method_sr_folder(out_root, ts.name, ts.scale, name)
-            how = dict(shave=cfg.shave, save_dir=save, workers=cfg.workers, progress=not cfg.quiet)
+            how = dict(shave=cfg.shave, save_dir=save, workers=cfg.workers, progress=not cfg.quiet,
+                       round_y=PROTOCOLS[cfg.protocol].round_y)
             r = (evaluate_set(upscale, ts, name, **how) if name == "Bicubic" else
                  evaluate_routed(upscale, net, ts, name, passes=8 if cfg.self_ensemble else 1, **how))
             results.append(r)
@@ -224,7 +238,8 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     print("\n" + table)
     if cfg.report:
         group = upsampler_groups(net) if net is not None else None
-        write_report(Path(cfg.report), results, report_settings(cfg, ckpt, test_dirs, group), table)
+        settings = report_settings(cfg, ckpt, test_dirs, group, scales=scales, device=device)
+        write_report(Path(cfg.report), results, settings, table)
     return results
 
 

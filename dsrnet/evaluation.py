@@ -71,25 +71,27 @@ class SetResult:
 
 
 def evaluate_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int | None = None,
-                 save_dir: Path | None = None, workers: int = 2, progress: bool = False) -> SetResult:
-    """Upscale every LR image of ``test_set`` and score it on Y against its HR (``shave`` defaults to the scale).
+                 save_dir: Path | None = None, workers: int = 2, progress: bool = False,
+                 round_y: bool = True) -> SetResult:
+    """Upscale every LR image of ``test_set`` and score it on Y against its HR (``shave`` defaults to the scale;
+    Y rounded to integers unless ``round_y`` is False, see :mod:`dsrnet.metrics`).
 
     SR images are written as PNG under ``save_dir`` when given, with a per-image CSV beside them.
     """
-    result = _score_set(upscale, test_set, method, shave, save_dir, workers, progress)
+    result = _score_set(upscale, test_set, method, shave, save_dir, workers, progress, round_y)
     if save_dir is not None:
         write_per_image_csv(save_dir / "per_image.csv", [result])
     return result
 
 
 def _score_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int | None, save_dir: Path | None,
-               workers: int, progress: bool) -> SetResult:
+               workers: int, progress: bool, round_y: bool) -> SetResult:
     """:func:`evaluate_set` short of its per-image CSV."""
     shave = test_set.scale if shave is None else shave
     start = time.perf_counter()
     bar = _progress(len(test_set.pairs), f"{method} {test_set.name} x{test_set.scale}", progress)
     try:
-        images = _run_pipelined(upscale, test_set, shave, save_dir, workers, bar)
+        images = _run_pipelined(upscale, test_set, shave, save_dir, workers, bar, round_y)
     finally:
         bar.close()
     return SetResult(dataset=test_set.name, scale=test_set.scale, method=method,
@@ -100,13 +102,13 @@ def _score_set(upscale: Upscaler, test_set: TestSet, method: str, shave: int | N
 
 def evaluate_routed(upscale: Upscaler, net: Net, test_set: TestSet, method: str, passes: int = 1,
                     shave: int | None = None, save_dir: Path | None = None, workers: int = 2,
-                    progress: bool = False) -> SetResult:
+                    progress: bool = False, round_y: bool = True) -> SetResult:
     """:func:`evaluate_set` for a DSRNet upscaler, adding how often each branch ran (``gate_branches``), each
     image's branch and GFLOPs, and the branch counts over the images (``branches``); ``passes`` forwards
     make one image (8 with self-ensemble)."""
     net.wide_enhancement.branch_counts.clear()
     routed = RoutedUpscaler(upscale, net, test_set.scale, passes)
-    result = _score_set(routed, test_set, method, shave, save_dir, workers, progress)
+    result = _score_set(routed, test_set, method, shave, save_dir, workers, progress, round_y)
     result.gate_branches = dict(net.wide_enhancement.branch_counts)
     routed.attach(result)
     if save_dir is not None:  # once the branches are known
@@ -115,7 +117,7 @@ def evaluate_routed(upscale: Upscaler, net: Net, test_set: TestSet, method: str,
 
 
 def _run_pipelined(upscale: Upscaler, test_set: TestSet, shave: int, save_dir: Path | None, workers: int,
-                   bar) -> list[ImageResult]:
+                   bar, round_y: bool) -> list[ImageResult]:
     """Decode ahead and score/save behind on a thread pool; only ``upscale`` runs on this thread."""
     scored: list[Future] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -132,16 +134,16 @@ def _run_pipelined(upscale: Upscaler, test_set: TestSet, shave: int, save_dir: P
             t0 = time.perf_counter()
             sr = upscale(lr)
             seconds = time.perf_counter() - t0
-            scored.append(pool.submit(_score_and_save, pair.name, sr, hr, shave, seconds, save_dir))
+            scored.append(pool.submit(_score_and_save, pair.name, sr, hr, shave, seconds, save_dir, round_y))
             bar.update(1)
         return [f.result() for f in scored]
 
 
 def _score_and_save(name: str, sr: np.ndarray, hr: np.ndarray, shave: int, seconds: float,
-                    save_dir: Path | None) -> ImageResult:
+                    save_dir: Path | None, round_y: bool) -> ImageResult:
     if sr.shape != hr.shape:
         raise ValueError(f"{name}: SR is {sr.shape[:2]} but HR is {hr.shape[:2]}")
-    scores = psnr_y(sr, hr, shave), ssim_y(sr, hr, shave)
+    scores = psnr_y(sr, hr, shave, round_y), ssim_y(sr, hr, shave, round_y)
     if save_dir is not None:
         write_image(sr_image_path(save_dir, name), sr)
     return ImageResult(name, *scores, seconds)

@@ -1,17 +1,36 @@
-"""The paper's evaluation protocol, defined once: uint8 quantisation, Y channel, PSNR and MATLAB-style SSIM.
+"""The evaluation protocols, defined once: uint8 quantisation, Y channel, PSNR and MATLAB-style SSIM.
 
 Both `sample.py` and training validation call these, so the protocol cannot drift between them
-(the authors' code has two diverging copies).
+(the authors' code has two diverging copies). Each convention is a parameter, defaulting to the authors':
+``quantize`` (how the float SR becomes uint8), ``round_y`` (whether Y is rounded to integers) and ``shave``.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
 QUANTIZE_MODES = ("truncate", "round")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A scoring convention as a whole; both shave ``scale`` border pixels unless told otherwise."""
+
+    quantize: str  # float SR -> uint8, see to_uint8
+    round_y: bool  # Y rounded to integers (MATLAB's rgb2ycbcr on uint8) or kept as float
+
+
+PROTOCOLS = {
+    # The authors' code: `.mul(255).clamp(0, 255).byte()` truncation, MATLAB's integer Y.
+    "authors": Protocol(quantize="truncate", round_y=True),
+    # BasicSR's calculate_psnr/calculate_ssim(test_y_channel=True) on tensor2img's output: the SR rounded to
+    # uint8, Y taken as float from it (to_y_channel does not round), the scores in float64.
+    "basicsr": Protocol(quantize="round", round_y=False),
+}
 
 
 def to_uint8(img: torch.Tensor | np.ndarray, quantize: str = "truncate") -> np.ndarray:
@@ -53,18 +72,19 @@ def luma(sr: torch.Tensor) -> torch.Tensor:
     return (sr * weights).sum(dim=0, keepdim=True)
 
 
-def rgb_to_y(img: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma of a uint8 RGB image, rounded to integers as MATLAB's rgb2ycbcr does."""
+def rgb_to_y(img: np.ndarray, rounded: bool = True) -> np.ndarray:
+    """ITU-R BT.601 studio-range luma (16..235) of a uint8 RGB image, in float64: rounded to integers as
+    MATLAB's rgb2ycbcr does on uint8 images, or left unrounded (BasicSR's to_y_channel) with ``rounded=False``."""
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected a uint8 HxWx3 RGB image, got {img.dtype} {img.shape}")
     y = img.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255.0 + 16.0
-    return np.round(y)
+    return np.round(y) if rounded else y
 
 
-def _shaved_y(sr: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, np.ndarray]:
+def _shaved_y(sr: np.ndarray, hr: np.ndarray, shave: int, round_y: bool) -> tuple[np.ndarray, np.ndarray]:
     if sr.shape != hr.shape:
         raise ValueError(f"SR {sr.shape} and HR {hr.shape} differ in size")
-    ys, yh = rgb_to_y(sr), rgb_to_y(hr)
+    ys, yh = rgb_to_y(sr, round_y), rgb_to_y(hr, round_y)
     if shave:
         ys, yh = ys[shave:-shave, shave:-shave], yh[shave:-shave, shave:-shave]
     if ys.size == 0:
@@ -72,9 +92,10 @@ def _shaved_y(sr: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, n
     return ys, yh
 
 
-def psnr_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
-    """PSNR (dB, peak 255) between the Y channels of two uint8 RGB images, ``shave`` border pixels removed."""
-    ys, yh = _shaved_y(sr, hr, shave)
+def psnr_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0, round_y: bool = True) -> float:
+    """PSNR (dB, peak 255) between the Y channels of two uint8 RGB images, ``shave`` border pixels removed;
+    Y rounded to integers unless ``round_y`` is False."""
+    ys, yh = _shaved_y(sr, hr, shave, round_y)
     mse = float(np.mean((ys - yh) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
@@ -92,10 +113,11 @@ def check_scorable(hw: tuple[int, int], shave: int) -> None:
                          f"got {max(h, 0)}x{max(w, 0)} from {hw[0]}x{hw[1]}")
 
 
-def ssim_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
-    """MATLAB-style SSIM on Y: 11x11 Gaussian (sigma 1.5), 'valid' windows only, K = (0.01, 0.03), L = 255."""
+def ssim_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0, round_y: bool = True) -> float:
+    """MATLAB-style SSIM on Y: 11x11 Gaussian (sigma 1.5), 'valid' windows only, K = (0.01, 0.03), L = 255,
+    in float64 (BasicSR's calculate_ssim is the same); Y rounded to integers unless ``round_y`` is False."""
     check_scorable(hr.shape[:2], shave)
-    a, b = _shaved_y(sr, hr, shave)
+    a, b = _shaved_y(sr, hr, shave, round_y)
     w = _gaussian_window()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from dataset.io import atomic_write_bytes, ensure_writable
 from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult, per_image_csv_beside, write_per_image_csv
@@ -31,8 +33,25 @@ def check_report_writable(report: Path) -> None:
         ensure_writable(path)
 
 
-def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[str], group: int | None) -> dict:
-    """How the results were made: the flags that change scores, and where the images are. ``group`` is the
+# sample.py's flags that cannot change a score or an image, left out of a report's settings. Every other flag
+# is recorded, under its own name or the key below; tests/test_reports.py holds sample.py's parser to this, so
+# a new flag must be recorded or listed here with its reason.
+UNRECORDED_FLAGS = {
+    "help": "prints the help and exits",
+    "report": "where the report goes",
+    "workers": "threads for decoding, scoring and saving: the same images and scores",
+    "quiet": "progress bars",
+    "input": "images without HR: nothing is scored and --report is refused",
+    "output": "where --input's images go (--input only)",
+}
+SETTING_OF_FLAG = {"ckpt_path": "checkpoint", "test_data_dir": "test_data_dirs", "sample_dir": "sr_dir",
+                   "no_save": "sr_dir", "scale": "scales", "gate": "gate_mode", "cuda": "device"}
+
+
+def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[str], group: int | None,
+                    scales: list[int], device: torch.device) -> dict:
+    """How the results were made: every flag that can change a score or an image, as resolved (the checkpoint's
+    group and scale, the protocol's quantisation, the device), and where the images are. ``group`` is the
     upsampler's conv groups the net was built with (``--group`` or the checkpoint's; None for bicubic alone)."""
     return {
         "checkpoint": str(ckpt) if ckpt else None,
@@ -41,6 +60,8 @@ def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[
         "shave": "scale" if cfg.shave is None else cfg.shave,
         "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tf32": cfg.tf32,
         "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
+        "protocol": cfg.protocol, "model": cfg.model, "scales": list(scales), "bicubic": cfg.bicubic,
+        "device": str(device),
         # Where the HR and the saved SR images are, so tools/visualize.py can draw from the report alone.
         "test_data_dirs": [str(Path(d).resolve()) for d in test_dirs],
         "sr_dir": None if cfg.no_save else str((Path(cfg.sample_dir) / (ckpt.stem if ckpt else "bicubic")).resolve()),

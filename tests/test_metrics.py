@@ -27,6 +27,23 @@ def test_y_matches_skimage_rounded(pair):
     assert rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == 235
 
 
+def test_float_y_matches_skimage_unrounded(pair):
+    """BasicSR's protocol keeps Y as float: the same BT.601 luma, never rounded."""
+    sr, _ = pair
+    np.testing.assert_allclose(rgb_to_y(sr, rounded=False), rgb2ycbcr(sr)[..., 0], rtol=0, atol=1e-10)
+    assert not np.array_equal(rgb_to_y(sr, rounded=False), rgb_to_y(sr))
+
+
+@pytest.mark.parametrize("round_y", [True, False])
+def test_scores_on_float_y_match_skimage(pair, round_y):
+    sr, hr = pair
+    ys, yh = (rgb2ycbcr(x)[..., 0][2:-2, 2:-2] for x in (sr, hr))
+    ys, yh = (np.round(ys), np.round(yh)) if round_y else (ys, yh)
+    assert psnr_y(sr, hr, 2, round_y) == pytest.approx(peak_signal_noise_ratio(yh, ys, data_range=255), abs=1e-10)
+    ref = structural_similarity(ys, yh, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert ssim_y(sr, hr, 2, round_y) == pytest.approx(ref, abs=1e-9)
+
+
 @pytest.mark.parametrize("shave", [0, 2, 4])
 def test_psnr_matches_skimage(pair, shave):
     sr, hr = pair

@@ -10,6 +10,8 @@ from model.inference import bf16_supported
 
 PAPER_X2 = {"Set5": (37.61, 0.9584), "Set14": (33.30, 0.9145), "BSD100": (31.96, 0.8965)}
 OURS_X2 = {"Set5": (37.4862, 0.9583), "Set14": (33.2808, 0.9148), "BSD100": (31.9229, 0.8966)}
+# `--protocol basicsr` (SR rounded, Y unrounded: docs/evaluation.md#basicsrs-protocol), Set5 only to stay quick.
+OURS_X2_BASICSR = {"Set5": (37.7484, 0.9596)}
 # The paper's bicubic rows (PSNR, SSIM), the values the SR literature has carried since VDSR.
 PAPER_BICUBIC = {("Set5", 2): (33.66, 0.9299), ("Set5", 3): (30.39, 0.8682), ("Set5", 4): (28.42, 0.8104),
                  ("Set14", 2): (30.24, 0.8688), ("Set14", 3): (27.55, 0.7742), ("Set14", 4): (26.00, 0.7027),
@@ -59,6 +61,15 @@ def test_dsrnet_x2_matches_paper(dsrnet_x2, dataset):
     assert -0.15 <= r.psnr - paper_psnr <= 0.10
     assert abs(r.ssim - paper_ssim) < 0.001
     assert r.gate_branches == {"selected": r.n_images}
+
+
+def test_dsrnet_x2_under_basicsrs_protocol(weights_x2, benchmark_dir):
+    dirs = _present(benchmark_dir, OURS_X2_BASICSR)
+    results = sample.main(["--ckpt_path", str(weights_x2), "--test_data_dir", *dirs, "--protocol", "basicsr",
+                           "--no_save", "--quiet"])
+    r = _scored({r.dataset: r for r in results}, "Set5")
+    assert r.psnr == pytest.approx(OURS_X2_BASICSR["Set5"][0], abs=0.005)
+    assert r.ssim == pytest.approx(OURS_X2_BASICSR["Set5"][1], abs=0.0005)
 
 
 @pytest.mark.parametrize("key", list(OURS_BICUBIC), ids=lambda k: f"{k[0]}-x{k[1]}")
