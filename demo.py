@@ -1,7 +1,7 @@
 """The whole pipeline in one command, on photographs that ship inside scikit-image (nothing to download).
 
     python demo.py                     # about 4 minutes on 2 CPU cores
-    python demo.py --authors_ckpt ../shared/weights/DSRNet_x2_600000.pth   # add the authors' weights row
+    python demo.py --authors_ckpt PATH/DSRNet_x2_600000.pth   # the authors' weights from another folder as a row
     python demo.py --quick             # a reduced budget (small crops, 40 steps): what the tests run
 
 1. export scikit-image's bundled colour photos to OUT/photos/{train,test} (the test photos are never trained on);
