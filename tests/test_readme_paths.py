@@ -18,7 +18,7 @@ ACTIVATE = "source .venv/bin/activate"
 # Entry points a user runs, by module or path; the benchmarks and tools.mutate may name ../shared (where CI
 # keeps the reference material they fall back to), never an issue.
 USER_TOOLS = ("sample.py", "demo.py", "dataset/div2h5.py", "x2/train.py", "tools.visualize", "tools.export_onnx",
-              "tools.gate_activity", "tools.gate_ablation_table")
+              "tools.gate_activity", "tools.gate_ablation_table", "tools.fetch_weights")
 MAINTAINER_TOOLS = ("tools.mutate", "tools.benchmarks.inference", "tools.benchmarks.alternatives",
                     "tools.benchmarks.complexity", "tools.benchmarks.memory_format", "tools.benchmarks.training",
                     "tools.benchmarks.checkpoint_save")
