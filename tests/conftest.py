@@ -50,8 +50,19 @@ FOUND = {kind: find_reference(kind) for kind in SHARED_LAYOUT}
 WEIGHTS_X2 = FOUND["weights_x2"][0] or ROOT.parent / "shared" / SHARED_LAYOUT["weights_x2"]
 
 
-def pytest_report_header(config) -> list[str]:
+def _where_lines() -> list[str]:
     return [f"reference {kind}: {where}" for kind, (_, where) in FOUND.items()]
+
+
+def pytest_report_header(config) -> list[str]:
+    return _where_lines()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Under -q (the README's command) there is no header: say it at the end instead."""
+    if config.get_verbosity() < 0:
+        for line in _where_lines():
+            terminalreporter.write_line(line)
 
 
 def _need(kind: str) -> Path:

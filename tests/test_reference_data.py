@@ -79,10 +79,11 @@ def test_need_set_takes_b100_for_bsd100(tmp_path):
         need_set(tmp_path, "Set14")
 
 
-def test_the_report_header_says_where_each_kind_was_found(tmp_path):
-    """`pytest` prints one line per kind; an empty $DSRNET_DATA changes no answer, a full one wins."""
+@pytest.mark.parametrize("quiet", [[], ["-q"]])
+def test_pytest_says_where_each_kind_was_found(tmp_path, quiet):
+    """One line per kind, in the header, or at the end under -q; $DSRNET_DATA holding the weights wins."""
     _weights(tmp_path / "weights" / "DSRNet_x2_600000.pth")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", *quiet,
                            str(ROOT / "tests" / "test_reference_data.py")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "DSRNET_DATA": str(tmp_path), "HOME": str(tmp_path)})
