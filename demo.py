@@ -1,7 +1,7 @@
 """The whole pipeline in one command, on photographs that ship inside scikit-image (nothing to download).
 
-    python demo.py                     # about 4 minutes on 2 CPU cores
-    python demo.py --authors_ckpt ../shared/weights/DSRNet_x2_600000.pth   # add the authors' weights row
+    python demo.py                     # about 4 minutes on 2 idle CPU cores, half an hour on 2 busy ones
+    python demo.py --authors_ckpt PATH/DSRNet_x2_600000.pth   # the authors' weights from another folder as a row
     python demo.py --quick             # a reduced budget (small crops, 40 steps): what the tests run
 
 1. export scikit-image's bundled colour photos to OUT/photos/{train,test} (the test photos are never trained on);
@@ -14,7 +14,7 @@ OUT (default results/demo) is ignored by git, so a run leaves `git status` clean
 docs/figures/demo/, is a copy of results.md, comparison.png and curves.png from the command in its "Reproduce".
 
 The learning rate is 1e-3, not the paper's 1e-4: a few minutes of training is far too short for 1e-4
-(the measurements behind that choice are in README.md, "The five-minute demo").
+(the measurements behind that choice are in README.md, "The demo").
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ _LR_DIR = re.compile(r"^(x\d+|image_srf_\d+|bicubic_x\d+|lr_bicubic|lrbicx\d+|lr
 # "_HR" / "-LR" / ".hr" at the end of a file stem marks its role in a mixed folder.
 _ROLE = re.compile(r"[_\-.](HR|LR)$", re.IGNORECASE)
 _SRF = re.compile(r"_SRF_(\d+)$", re.IGNORECASE)
+# One set under two names: the paper says "B100", the SelfExSR download names its folder "BSD100".
+_OTHER_NAME = {"b100": "BSD100", "bsd100": "B100"}
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,29 @@ _LOOKED_FOR = ("image_SRF_{s}/ (*_HR + *_LR), x{s}/ (*_HR + *_LR), HR/ + bicubic
                "or HR images alone (HR/ or directly in the folder)")
 
 
+_ANNOUNCED: set[Path] = set()
+
+
+def _existing_set_folder(root: Path) -> Path:
+    """``root``, or its other name beside it (B100 <-> BSD100) when only that exists, said once on stderr.
+
+    The README and the paper say B100 while the usual download unpacks as BSD100; either path should work.
+    """
+    if root.exists():
+        return root
+    other = _OTHER_NAME.get(root.name.lower())
+    if other is None:
+        raise InputError(f"test set folder {root} does not exist; check the path (e.g. .../benchmark/Set5)")
+    alias = _child_dir(root.parent, other)
+    if alias is None:
+        raise InputError(f"test set folder {root} does not exist, nor {root.parent / other}: put the set there "
+                         f"(the SelfExSR download names it BSD100; see dataset/README.md)")
+    if root not in _ANNOUNCED:
+        _ANNOUNCED.add(root)
+        print(f"note: {root} does not exist; using {alias} (the same set under its other name)", file=sys.stderr)
+    return alias
+
+
 # --------------------------------------------------------------------------- public API
 
 def find_test_set(root: str | os.PathLike, scale: int) -> TestSet:
@@ -224,8 +250,7 @@ def find_test_set(root: str | os.PathLike, scale: int) -> TestSet:
     """
     scale = _check_scale(scale)
     root = Path(os.path.abspath(os.fspath(root)))
-    if not root.exists():
-        raise InputError(f"test set folder {root} does not exist; check the path (e.g. .../benchmark/Set5)")
+    root = _existing_set_folder(root)
     if not root.is_dir():
         raise InputError(f"{root} is a file, not a test set folder; pass the dataset folder "
                          f"(e.g. .../benchmark/Set5), or use it as an input image")

@@ -1,41 +1,99 @@
-"""Shared fixtures: the read-only reference material in ../shared, skipped with a reason when absent."""
+"""Shared fixtures: the read-only reference material (the authors' x2 weights, the test sets, training photos),
+found where CI keeps it or where a user following the README put it, and skipped with a reason when absent."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Mapping
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-WEIGHTS_X2 = SHARED / "weights" / "DSRNet_x2_600000.pth"
-BENCHMARK = SHARED / "data" / "benchmark"
-TRAIN_PHOTOS = SHARED / "data" / "train" / "Sun-Hays80"
+# A folder laid out like ../shared (weights/, data/benchmark/, data/train/Sun-Hays80/), looked at first.
+DATA_ENV = "DSRNET_DATA"
+# Each kind of material inside such a folder, and where the README tells users to put it in the checkout.
+SHARED_LAYOUT = {"weights_x2": "weights/DSRNet_x2_600000.pth", "benchmark": "data/benchmark",
+                 "train_photos": "data/train/Sun-Hays80"}
+README_PLACES = {"weights_x2": "checkpoint/DSRNet_x2_600000.pth", "benchmark": "dataset/benchmark"}
+# The paper's "B100" is the SelfExSR download's "BSD100": a test needing one accepts the other.
+OTHER_SET_NAME = {"BSD100": "B100", "B100": "BSD100"}
 
 
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent: reference material lives in ../shared (CI always has it)")
+def reference_candidates(kind: str, root: Path = ROOT, env: Mapping[str, str] = os.environ) -> list[tuple[Path, str]]:
+    """Where ``kind`` may be, in the order looked at, each with how to name that place: $DSRNET_DATA (the
+    user's explicit choice), ../shared (CI's reference copy), then the README's place in the checkout."""
+    places = []
+    if env.get(DATA_ENV):
+        places.append((Path(env[DATA_ENV]).expanduser() / SHARED_LAYOUT[kind], f"${DATA_ENV}"))
+    places.append((root.parent / "shared" / SHARED_LAYOUT[kind], "../shared"))
+    if kind in README_PLACES:
+        places.append((root / README_PLACES[kind], "the checkout"))
+    return places
+
+
+def _present(path: Path) -> bool:
+    """A file, or a folder with something in it (an empty dataset/benchmark/ holds no test set)."""
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def find_reference(kind: str, root: Path = ROOT, env: Mapping[str, str] = os.environ) -> tuple[Path | None, str]:
+    """The first place holding ``kind`` and a line saying where it was found, or None and where it was looked for."""
+    places = reference_candidates(kind, root, env)
+    for path, origin in places:
+        if _present(path):
+            return path, f"{path} ({origin})"
+    return None, "absent; looked in " + ", ".join(str(p) for p, _ in places)
+
+
+FOUND = {kind: find_reference(kind) for kind in SHARED_LAYOUT}
+# The x2 weights, or where CI keeps them when absent (test_demo checks is_file()).
+WEIGHTS_X2 = FOUND["weights_x2"][0] or ROOT.parent / "shared" / SHARED_LAYOUT["weights_x2"]
+
+
+def _where_lines() -> list[str]:
+    return [f"reference {kind}: {where}" for kind, (_, where) in FOUND.items()]
+
+
+def pytest_report_header(config) -> list[str]:
+    return _where_lines()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Under -q (the README's command) there is no header: say it at the end instead."""
+    if config.get_verbosity() < 0:
+        for line in _where_lines():
+            terminalreporter.write_line(line)
+
+
+def _need(kind: str) -> Path:
+    path, where = FOUND[kind]
+    if path is None:
+        pytest.skip(f"{kind} {where} (set {DATA_ENV}, see docs/datasets.md; CI always has it)")
     return path
 
 
 def need_set(benchmark_dir: Path, name: str) -> Path:
-    """One test set of ../shared, skipped with a reason when absent (a GPU machine may carry only some)."""
-    return _need(benchmark_dir / name)
+    """One test set, under its other name where only that exists (B100/BSD100), skipped with a reason when
+    absent (a GPU machine may carry only some)."""
+    for candidate in (name, OTHER_SET_NAME.get(name)):
+        if candidate and (benchmark_dir / candidate).is_dir():
+            return benchmark_dir / candidate
+    pytest.skip(f"{benchmark_dir / name} is absent (the test sets were found in {benchmark_dir})")
 
 
 @pytest.fixture(scope="session")
 def weights_x2() -> Path:
-    return _need(WEIGHTS_X2)
+    return _need("weights_x2")
 
 
 @pytest.fixture(scope="session")
 def benchmark_dir() -> Path:
-    return _need(BENCHMARK)
+    return _need("benchmark")
 
 
 @pytest.fixture(scope="session")
 def train_photos() -> Path:
-    return _need(TRAIN_PHOTOS)
+    return _need("train_photos")
 
 
 @pytest.fixture(scope="module")

@@ -336,6 +336,32 @@ def test_missing_folder(tmp_path):
         find_test_set(tmp_path / "Set5", 2)
 
 
+@pytest.mark.parametrize("asked, present", [("B100", "BSD100"), ("BSD100", "B100"), ("b100", "BSD100")])
+def test_b100_and_bsd100_name_one_set(tmp_path, capsys, asked, present):
+    """The README says B100, the SelfExSR download unpacks as BSD100: either path finds the set, said in one line."""
+    _selfexsr(tmp_path / present, 2, ["img_001"])
+    ts = find_test_set(tmp_path / asked, 2)
+    assert (ts.name, ts.root, len(ts)) == (present, tmp_path / present, 1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / asked) in lines[0] and str(tmp_path / present) in lines[0], lines
+    find_test_set(tmp_path / asked, 2)
+    assert capsys.readouterr().err == ""  # said once per folder, not once per scale
+
+
+def test_an_existing_b100_keeps_its_name_and_says_nothing(tmp_path, capsys):
+    _selfexsr(tmp_path / "B100", 2, ["img_001"])
+    _selfexsr(tmp_path / "BSD100", 2, ["img_001", "img_002"])
+    assert (find_test_set(tmp_path / "B100", 2).name, len(find_test_set(tmp_path / "BSD100", 2))) == ("B100", 2)
+    assert capsys.readouterr().err == ""
+
+
+def test_neither_b100_nor_bsd100_names_bsd100(tmp_path):
+    with pytest.raises(InputError) as err:
+        find_test_set(tmp_path / "B100", 2)
+    msg = str(err.value)
+    assert "\n" not in msg and "does not exist" in msg and str(tmp_path / "BSD100") in msg
+
+
 def test_root_is_a_file(tmp_path):
     write_image(tmp_path / "a.png", _hr())
     with pytest.raises(InputError, match="is a file"):
@@ -452,8 +478,9 @@ def test_list_input_images(tmp_path):
 @pytest.mark.parametrize("name, count", [("Set5", 5), ("Set14", 14), ("BSD100", 100)])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_real_benchmarks(benchmark_dir, name, count, scale):
-    ts = find_test_set(need_set(benchmark_dir, name), scale)
-    assert (ts.name, ts.scale, ts.layout, len(ts.pairs)) == (name, scale, "selfexsr", count)
+    folder = need_set(benchmark_dir, name)  # BSD100 may be a user's B100
+    ts = find_test_set(folder, scale)
+    assert (ts.name, ts.scale, ts.layout, len(ts.pairs)) == (folder.name, scale, "selfexsr", count)
     assert [p.name for p in ts.pairs] == [f"img_{i:03d}" for i in range(1, count + 1)]
     for pair in ts.pairs:  # all of BSD100 at three scales is ~1.5 s
         hr, lr = load_pair(ts, pair)

@@ -181,3 +181,22 @@ def test_hr_only_evaluation_with_unwritable_cache(tmp_path):
                    env=env)
     assert proc.returncode == 0, proc.stderr
     assert "Bicubic" in proc.stdout and "not cached" in proc.stderr
+
+
+def test_the_readmes_b100_path_finds_the_downloaded_bsd100(tmp_path):
+    """README's command names dataset/benchmark/B100; the SelfExSR download names it BSD100: it runs, saying so."""
+    d = tmp_path / "benchmark" / "BSD100" / "image_SRF_2"
+    hr = RNG.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    write_image(d / "img_001_SRF_2_HR.png", hr)
+    write_image(d / "img_001_SRF_2_LR.png", imresize(hr, 0.5))
+    proc = run_cli("--bicubic", "--scale", "2", "--test_data_dir", str(tmp_path / "benchmark" / "B100"),
+                   "--no_save", "--quiet", "--report", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "B100" in line]
+    assert len(notes) == 1 and str(tmp_path / "benchmark" / "BSD100") in notes[0], proc.stderr
+    assert "Bicubic  BSD100" in proc.stdout
+
+
+def test_neither_b100_nor_bsd100_is_one_line_naming_bsd100(tmp_path):
+    one_line_error(run_cli("--bicubic", "--scale", "2", "--test_data_dir", str(tmp_path / "B100"), "--no_save"),
+                   "BSD100")

@@ -1,6 +1,6 @@
 """How much the wide-enhancement block's gated branches matter in a trained DSRNet, per checkpoint.
 
-    python -m tools.gate_activity CKPT [CKPT ...] --test_data_dir ../shared/data/benchmark/Set14
+    python -m tools.gate_activity CKPT [CKPT ...] --test_data_dir dataset/benchmark/Set14
 
 A gate can only learn when its two branches produce different outputs. For each checkpoint, averaged over
 the test set's LR images: the mean |activation| of the block's upper path (conv7, conv8 x3) and of each

@@ -1,8 +1,8 @@
 """Inference speed: the authors' eager forward vs this repository's default path vs the machine's roof.
 
-    python -m tools.benchmarks.inference                       # 128x128 LR at x2, the issue's anchor
+    python -m tools.benchmarks.inference                       # 128x128 LR at x2, the size docs/speed.md quotes
     python -m tools.benchmarks.inference --compile             # also time torch.compile (opt-in: slow to build)
-    python -m tools.benchmarks.inference --end_to_end ../shared/data/benchmark/Set14
+    python -m tools.benchmarks.inference --end_to_end dataset/benchmark/Set14
 
 All paths run in one process, interleaved round by round so that a busy machine slows them alike;
 times are medians after warm-up (CUDA synchronised). The roof is a 2048^3 float32 matmul (8192^3 on
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--end_to_end", metavar="TEST_SET", help="time sample.py vs the authors' loop on a test set")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--cuda", dest="device", action="store_const", const="cuda", help="the same as --device cuda")
-    p.add_argument("--report", help="also write the printed markdown here (e.g. results/speed_inference.md)")
+    p.add_argument("--report", help="also write the printed markdown here (e.g. results/mine/speed.md; git ignores results/mine/)")
     cfg = p.parse_args(argv)
     require_at_least(cfg, size=1, rounds=1, warmup=0, threads=1)
     device = pick_device(cfg.device)
