@@ -23,6 +23,7 @@ from dataset.imresize import imresize
 from dataset.io import write_image
 from dsrnet.ema import WeightAverage
 from model import CheckpointError, Net, load_checkpoint, read_checkpoint
+from model.inference import bf16_supported
 from solver import Solver, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,15 @@ def test_average_follows_the_recurrence_from_the_initial_weights(ema_run):
     saved = read_checkpoint(ema_run["dir"] / "run_6.pth")
     for k, v in saved["model_ema"].items():  # what the step checkpoint holds: the average and the raw weights
         assert torch.equal(v, ema_run["average"][-1][k]) and torch.equal(saved["model"][k], ema_run["raw"][-1][k])
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bfloat16 for --amp")
+def test_the_average_stays_float32_under_amp(pack, tmp_path):
+    make(pack, tmp_path, "--max_steps", "2", "--amp", "bf16", "--ema", "0.9").fit()
+    saved = read_checkpoint(tmp_path / "run_2.pth")
+    assert all(v.dtype == torch.float32 for v in saved["model_ema"].values())
+    assert not torch.equal(saved["model_ema"]["residual_enhancement.conv1.weight"],
+                           saved["model"]["residual_enhancement.conv1.weight"])
 
 
 def test_frozen_mean_shift_is_copied_not_averaged():
