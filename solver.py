@@ -219,6 +219,9 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     if cfg.gate == "learned" and cfg.gate_tau_min > cfg.gate_tau:
         raise InputError(f"--gate_tau_min {cfg.gate_tau_min} is above --gate_tau {cfg.gate_tau}: the temperature "
                          "anneals down from --gate_tau to its floor --gate_tau_min; lower --gate_tau_min")
+    if cfg.init_weights != "ema" and not cfg.init_from and not cfg.resume:
+        raise InputError(f"--init_weights {cfg.init_weights} picks the weights --init_from copies: add --init_from "
+                         "CKPT or drop --init_weights")
     cfg.amp = None if cfg.amp == "none" else cfg.amp
     return cfg
 

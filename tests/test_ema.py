@@ -22,6 +22,7 @@ import sample
 from dataset.imresize import imresize
 from dataset.io import write_image
 from dsrnet.ema import WeightAverage
+from dsrnet.errors import InputError
 from model import CheckpointError, Net, load_checkpoint, read_checkpoint
 from model.inference import bf16_supported
 from solver import Solver, parse_args
@@ -95,6 +96,8 @@ def test_ema_is_refused_outside_0_to_1_at_parsing(capsys):
         assert stop.value.code == 2
         assert "argument --ema: must be a finite number in [0, 1)" in capsys.readouterr().err
     assert parse_args([]).ema == 0.0 and parse_args(["--ema", "0.999"]).ema == 0.999
+    with pytest.raises(InputError, match="--init_weights raw picks the weights --init_from copies"):
+        parse_args(["--init_weights", "raw"])
 
 
 def test_average_follows_the_recurrence_from_the_initial_weights(ema_run):
