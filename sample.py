@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SR images go to SAMPLE_DIR/<model>/<dataset>/x<s>/<method>/")
     p.add_argument("--scale", type=int, nargs="+", help="default: the checkpoint's scale")
     p.add_argument("--shave", type=int, help="border pixels left out of PSNR/SSIM (default: the scale)")
+    p.add_argument("--weights", choices=("ema", "raw"),
+                   help="a checkpoint of a run trained with --ema: its averaged weights (model_ema) or the raw ones "
+                        "(default: the averaged ones where the file has them)")
     p.add_argument("--group", type=int, help="upsampler conv groups (default: the checkpoint's; the authors use 1)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--cuda", action="store_true", help="the same as --device cuda")
@@ -177,7 +180,8 @@ def build_net(cfg: argparse.Namespace, device: torch.device) -> tuple[Net | None
     if ckpt is not None:
         net = load_checkpoint(ckpt, scale=cfg.scale[0] if cfg.scale and len(cfg.scale) == 1 else None,
                               device=device, gate_mode=cfg.gate, gate_seed=cfg.seed, group=cfg.group,
-                              memory_format=fast_memory_format(device, precision_name(cfg.bf16, cfg.tf32)))
+                              memory_format=fast_memory_format(device, precision_name(cfg.bf16, cfg.tf32)),
+                              weights=cfg.weights)
     scales = cfg.scale or ([net.scale] if net is not None and net.scale else None)
     if not scales:
         raise InputError("pass --scale (needed for --bicubic alone and for multi-scale checkpoints)")
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> list[SetResult]:
     print("\n" + table)
     if cfg.report:
         group = upsampler_groups(net) if net is not None else None
-        settings = report_settings(cfg, ckpt, test_dirs, group, scales=scales, device=device)
+        settings = report_settings(cfg, ckpt, test_dirs, group, scales=scales, device=device,
+                                   weights=net.weights if net is not None else None)
         write_report(Path(cfg.report), results, settings, table)
     return results
 

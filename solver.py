@@ -33,7 +33,7 @@ import datetime
 import math
 import re
 import signal
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
@@ -53,6 +53,7 @@ from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, data_chan
                                 weights_checkpoint)
 from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0, shutdown_distributed,
                                 wrap_for_ranks)
+from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError, run_cli
 from dsrnet.evaluation import evaluate_set, require_scorable
 from dsrnet.resume import apply_resume_defaults, given_flags
@@ -93,6 +94,13 @@ def _finite_float(low: float, high: float = math.inf, low_open: bool = True) -> 
 
 
 _positive_float = _finite_float(0.0)
+
+
+def _ema_decay(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1) (0: no average), got {text}")
+    return value
 
 
 def _seed(text: str) -> int:
@@ -172,6 +180,12 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
                         "given are the checkpoint's (given ones override them)")
     p.add_argument("--init_from", help="start a new run from any checkpoint's tensors that match in name and shape "
                                        "(ignored with --resume)")
+    p.add_argument("--init_weights", choices=("ema", "raw"), default="ema",
+                   help="--init_from a checkpoint of an --ema run: its averaged weights (model_ema) or its raw ones")
+    p.add_argument("--ema", type=_ema_decay, default=0.0,
+                   help="keep an average of the weights, average = EMA * average + (1 - EMA) * weights after every "
+                        "step (BasicSR's ema_decay, e.g. 0.999), saved as model_ema; validation, _best and _final "
+                        "then use it (0: no average, the authors' recipe)")
     p.add_argument("--num_gpu", type=_int_at_least(1),
                    help="GPUs = processes; above 1, launch with torchrun --nproc_per_node N "
                         "(default: as many as torchrun started, else 1)")
@@ -205,6 +219,9 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     if cfg.gate == "learned" and cfg.gate_tau_min > cfg.gate_tau:
         raise InputError(f"--gate_tau_min {cfg.gate_tau_min} is above --gate_tau {cfg.gate_tau}: the temperature "
                          "anneals down from --gate_tau to its floor --gate_tau_min; lower --gate_tau_min")
+    if cfg.init_weights != "ema" and not cfg.init_from and not cfg.resume:
+        raise InputError(f"--init_weights {cfg.init_weights} picks the weights --init_from copies: add --init_from "
+                         "CKPT or drop --init_weights")
     cfg.amp = None if cfg.amp == "none" else cfg.amp
     return cfg
 
@@ -400,7 +417,9 @@ class Solver:
             if resume_path:
                 self.resume(resume_path)
             elif cfg.init_from:
-                print_rank0(copy_matching_tensors(self.net, Path(cfg.init_from)))
+                print_rank0(copy_matching_tensors(self.net, Path(cfg.init_from), cfg.init_weights))
+                if self.ema is not None:
+                    self.ema.load_state_dict(self.net.state_dict())
         self.model = wrap_for_ranks(self.net, self.device, self.world)
         if self.device.type == "cuda":  # autotuned kernels are faster but may differ from run to run
             torch.backends.cudnn.benchmark = not cfg.deterministic
@@ -430,6 +449,7 @@ class Solver:
         self.optim = torch.optim.Adam(param_groups(self.net, cfg.gate), lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.loss_fn = LOSSES[cfg.loss_fn]()
+        self.ema = WeightAverage(self.net, cfg.ema) if cfg.ema else None  # averaged weights, from these
         self.step, self.loss_sum, self.loss_count = 0, 0.0, 0  # the sums of the open log interval
         self.pending_row: dict | None = None  # a resumed step whose validation never came
 
@@ -473,6 +493,8 @@ class Solver:
                     nn.utils.clip_grad_norm_(self.net.parameters(), cfg.clip)
                     self.scaler.step(self.optim)
                     self.scaler.update()
+                    if self.ema is not None:
+                        self.ema.update(self.net)
                     self.step += 1
                     self.loss_sum += loss_value
                     self.loss_count += 1
@@ -535,18 +557,22 @@ class Solver:
     def close_step(self, row: dict, log: RunLog | None, bar: tqdm) -> None:
         """After a checkpoint: validate, write the best/final weights, then log the step's row (last, so that
         a row in log.csv means the step is complete)."""
-        row.update(self.save_weights(self.validate(row["step"])))
+        with self.ema.applied(self.net) if self.ema is not None else nullcontext():
+            row.update(self.save_weights(self.validate(row["step"])))
+        if self.ema is not None and self.valid_sets:
+            row["ema_decay"] = self.cfg.ema
         self.report(row, log, bar, evaluated=True)
 
     def validate(self, step: int) -> dict[str, float]:
-        """Validation scores of the net at ``step`` (computed on rank 0 only)."""
+        """Validation scores of the net (with --ema, its average) at ``step`` (computed on rank 0 only)."""
         if self.rank != 0 or not self.valid_sets:
             return {}
         return score_valid_sets(self.net, self.valid_sets, self.device, self.cfg, step)
 
     def valid_fields(self) -> list[str]:
         routing = ["fixed_share"] if self.cfg.gate == "learned" else []
-        return routing + [f"{ts.name}_x{ts.scale}_{m}" for ts in self.valid_sets for m in ("psnr", "ssim")]
+        averaged = ["ema_decay"] if self.cfg.ema and self.valid_sets else []  # the scores are the average's
+        return routing + averaged + [f"{ts.name}_x{ts.scale}_{m}" for ts in self.valid_sets for m in ("psnr", "ssim")]
 
     def report(self, row: dict, log: RunLog | None, bar: tqdm, evaluated: bool) -> None:
         """Rank 0: the row into log.csv/TensorBoard and the progress bar; printed if validated or --verbose.
@@ -565,7 +591,8 @@ class Solver:
         """Rank 0: the weights-only best (mean validation PSNR) and final files; returns ``scores``."""
         if self.rank == 0:
             psnr = [v for k, v in scores.items() if k.endswith("_psnr")]
-            self.checkpoints.save_weights(weights_checkpoint(self.cfg, self.step, self.net, scores, self.env),
+            self.checkpoints.save_weights(weights_checkpoint(self.cfg, self.step, self.net, scores, self.env,
+                                                             averaged=self.ema is not None),
                                           float(np.mean(psnr)) if psnr else None, self.step == self.cfg.max_steps)
         return scores
 
@@ -581,7 +608,7 @@ class Solver:
             with naming_the_kept_checkpoint(self.checkpoints):
                 self.checkpoints.save(step, training_checkpoint(
                     self.cfg, step, self.net, self.optim, self.scaler, self.loss_sum, self.loss_count, self.world,
-                    self.env, self.train_data, pending_row))
+                    self.env, self.train_data, pending_row, self.ema))
         if self.world > 1:
             torch.distributed.barrier()
         return path
@@ -595,7 +622,10 @@ class Solver:
         regroup = None if saved_groups == groups else partial(regroup_optimizer_state, saved_groups=saved_groups,
                                                               groups=groups)
         self.step, self.loss_sum, self.loss_count = restore_training_state(path, ckpt, self.net, self.optim,
-                                                                           self.scaler, regroup)
+                                                                           self.scaler, regroup, self.ema)
+        if self.ema is not None and "model_ema" not in ckpt:
+            print_rank0(f"note: {path} holds no averaged weights: the --ema average starts from its weights at "
+                        f"step {self.step}")
         state = ckpt["train_state"]
         self.pending_row = state.get("pending_row")
         changed = data_change(state.get("train_data"), self.train_data)

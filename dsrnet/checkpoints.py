@@ -2,7 +2,8 @@
 
 A training checkpoint is what ``sample.py`` loads (weights, scale, group) plus the run's flags
 (``config``), provenance and a ``train_state`` with everything a bit-exact resume needs: optimizer,
-grad scaler, gate noise, every RNG and the open log interval's loss sums.
+grad scaler, gate noise, every RNG and the open log interval's loss sums. A run with ``--ema`` also saves the
+averaged weights (``model_ema``, see :mod:`dsrnet.ema`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 
 from dataset.io import atomic_write_bytes
 from dsrnet.distributed import print_rank0
+from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError
 from dsrnet.rng import capture_rng_states, restore_rng_states
 from model import Net, read_checkpoint
@@ -77,7 +79,7 @@ def find_resume(resume: str, ckpt_dir: Path, name: str, name_given: bool = True)
 MODEL_FLAGS = ("model", "scale", "group")
 # Flags a resume may change, at the price of no longer matching an uninterrupted run.
 RUN_FLAGS = ("lr", "decay", "clip", "loss_fn", "batch_size", "patch_size", "seed", "gate", "gate_tau", "gate_tau_min",
-             "gate_lr_mult", "gate_penalty", "amp",
+             "gate_lr_mult", "gate_penalty", "amp", "ema",
              "train_data_path", "deterministic")
 
 
@@ -89,13 +91,16 @@ def _header(cfg: argparse.Namespace, step: int, net: Net, env: dict) -> dict:
 
 def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, loss_sum: float, loss_count: int, world: int,
-                        env: dict, train_data: dict, pending_row: dict | None) -> dict:
+                        env: dict, train_data: dict, pending_row: dict | None,
+                        ema: WeightAverage | None = None) -> dict:
     """The header plus everything a bit-exact resume needs. ``env``: :func:`dsrnet.provenance.environment`,
     taken once when the run starts (the code it describes is what the process imported); ``train_data``:
     :func:`dataset.train_data.file_identity` of the training file; ``pending_row``: this step's log row when
-    its validation is still to come (saved first, so that a resume can finish the step if it never came)."""
+    its validation is still to come (saved first, so that a resume can finish the step if it never came);
+    ``ema``: the run's averaged weights, saved as ``model_ema``."""
     return {
         **_header(cfg, step, net, env),
+        **({"model_ema": ema.state_dict()} if ema is not None else {}),
         "train_state": {
             "optimizer": optim.state_dict(),
             "grad_scaler": scaler.state_dict(),
@@ -110,9 +115,11 @@ def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: tor
     }
 
 
-def weights_checkpoint(cfg: argparse.Namespace, step: int, net: Net, scores: dict[str, float], env: dict) -> dict:
-    """A small file sample.py loads (no training state): the weights at ``step`` and their validation scores."""
-    return {**_header(cfg, step, net, env), "valid": scores}
+def weights_checkpoint(cfg: argparse.Namespace, step: int, net: Net, scores: dict[str, float], env: dict,
+                       averaged: bool = False) -> dict:
+    """A small file sample.py loads (no training state): the weights at ``step`` and their validation scores;
+    ``averaged``: the net holds a run's averaged weights (recorded as ``weights: "ema"``)."""
+    return {**_header(cfg, step, net, env), "valid": scores, **({"weights": "ema"} if averaged else {})}
 
 
 def read_resumable(path: Path, cfg: argparse.Namespace) -> dict:
@@ -148,12 +155,16 @@ def regroup_optimizer_state(saved: dict, saved_groups: list[list[str]], groups: 
 
 def restore_training_state(path: Path, ckpt: dict, net: Net, optim: torch.optim.Optimizer,
                            scaler: torch.amp.GradScaler,
-                           regroup: Callable[[dict], dict] | None = None) -> tuple[int, float, int]:
+                           regroup: Callable[[dict], dict] | None = None,
+                           ema: WeightAverage | None = None) -> tuple[int, float, int]:
     """Load weights, optimizer, grad scaler, gate noise and every RNG; returns (step, loss_sum, loss_count).
-    ``regroup`` maps the saved optimizer state onto this run's parameter groups when they differ."""
+    ``regroup`` maps the saved optimizer state onto this run's parameter groups when they differ. ``ema``
+    continues the saved average, or starts from the resumed weights when the checkpoint has none."""
     state = ckpt["train_state"]
     try:
         net.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt.get("model_ema") or ckpt["model"])
         optim.load_state_dict(regroup(state["optimizer"]) if regroup else state["optimizer"])
         if state["grad_scaler"] and scaler.is_enabled():
             scaler.load_state_dict(state["grad_scaler"])
@@ -178,18 +189,23 @@ def data_change(saved: dict | None, now: dict) -> str | None:
     return f"the training file {now['path']} is not the one the checkpoint trained on{moved}: {how}"
 
 
-def copy_matching_tensors(net: Net, path: Path) -> str:
-    """Copy the tensors of ``path`` whose name and shape match (EDSR's practice: x3/x4 from x2 weights).
+def copy_matching_tensors(net: Net, path: Path, weights: str = "ema") -> str:
+    """Copy the tensors of ``path`` whose name and shape match (EDSR's practice: x3/x4 from x2 weights); from
+    its averaged weights (``model_ema``) when it has them and ``weights`` is 'ema', else from ``model``.
 
-    Returns the one-line account of what was copied, skipped and left at its initialisation.
+    Returns the one-line account of which weights, what was copied, skipped and left at its initialisation.
     """
-    source = read_checkpoint(path)["model"]
+    ckpt = read_checkpoint(path)
+    averaged = weights == "ema" and "model_ema" in ckpt
+    source = ckpt["model_ema" if averaged else "model"]
     own = net.state_dict()
     copied = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     net.load_state_dict(copied, strict=False)
     skipped = sorted(set(source) - set(copied))
     fresh = sorted(set(own) - set(copied))
-    return (f"--init_from {path}: copied {len(copied)} tensors; skipped {len(skipped)} that do not "
+    which = ("" if "model_ema" not in ckpt else " (its averaged weights, model_ema; --init_weights raw takes the raw "
+             "ones)" if averaged else " (its raw weights, model)")
+    return (f"--init_from {path}{which}: copied {len(copied)} tensors; skipped {len(skipped)} that do not "
             f"match{': ' + ', '.join(skipped) if skipped else ''}; {len(fresh)} left at their "
             f"initialisation{': ' + ', '.join(fresh) if fresh else ''}")
 

@@ -49,10 +49,11 @@ SETTING_OF_FLAG = {"ckpt_path": "checkpoint", "test_data_dir": "test_data_dirs",
 
 
 def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[str], group: int | None,
-                    scales: list[int], device: torch.device) -> dict:
+                    scales: list[int], device: torch.device, weights: str | None) -> dict:
     """How the results were made: every flag that can change a score or an image, as resolved (the checkpoint's
     group and scale, the protocol's quantisation, the device), and where the images are. ``group`` is the
-    upsampler's conv groups the net was built with (``--group`` or the checkpoint's; None for bicubic alone)."""
+    upsampler's conv groups the net was built with (``--group`` or the checkpoint's; None for bicubic alone);
+    ``weights`` which of the checkpoint's weights were scored ('ema' or 'raw'; None for bicubic alone)."""
     return {
         "checkpoint": str(ckpt) if ckpt else None,
         "checkpoint_sha256": file_sha256(ckpt) if ckpt else None, "group": group,
@@ -61,7 +62,7 @@ def report_settings(cfg: argparse.Namespace, ckpt: Path | None, test_dirs: list[
         "self_ensemble": cfg.self_ensemble, "bf16": cfg.bf16, "tf32": cfg.tf32,
         "tile": cfg.tile, "tile_overlap": cfg.tile_overlap,
         "protocol": cfg.protocol, "model": cfg.model, "scales": list(scales), "bicubic": cfg.bicubic,
-        "device": str(device),
+        "device": str(device), "weights": weights,
         # Where the HR and the saved SR images are, so tools/visualize.py can draw from the report alone.
         "test_data_dirs": [str(Path(d).resolve()) for d in test_dirs],
         "sr_dir": None if cfg.no_save else str((Path(cfg.sample_dir) / (ckpt.stem if ckpt else "bicubic")).resolve()),

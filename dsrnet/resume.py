@@ -17,7 +17,7 @@ from dsrnet.distributed import print_rank0
 from model import read_checkpoint
 
 # Not part of a run's recipe: where to find it, the network the entry point names, how a new run starts.
-NOT_INHERITED = ("resume", "ckpt_dir", "scale", "init_from")
+NOT_INHERITED = ("resume", "ckpt_dir", "scale", "init_from", "init_weights")
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
@@ -40,7 +40,7 @@ def _same(a: object, b: object) -> bool:
 def apply_resume_defaults(cfg: argparse.Namespace, given: set[str]) -> None:
     """Fill every flag not given from the checkpoint --resume names, and point --resume at that file."""
     path = find_resume(cfg.resume, Path(cfg.ckpt_dir), cfg.ckpt_name, name_given="ckpt_name" in given)
-    saved = read_checkpoint(path).get("config") or {}
+    saved = {"ema": 0.0, **(read_checkpoint(path).get("config") or {})}  # runs before --ema had no average
     for key, value in saved.items():
         if hasattr(cfg, key) and key not in given and key not in NOT_INHERITED:
             setattr(cfg, key, value)
@@ -50,7 +50,10 @@ def apply_resume_defaults(cfg: argparse.Namespace, given: set[str]) -> None:
         cfg.ckpt_dir = str(path.parent)  # continue where the run lives
     if "init_from" in given:
         print_rank0(f"note: --init_from {cfg.init_from} is ignored with --resume (it only starts a new run)")
+    if "init_weights" in given:
+        print_rank0(f"note: --init_weights {cfg.init_weights} is ignored with --resume (it only starts a new run)")
     cfg.init_from = saved.get("init_from")  # how the run once started, for the record
+    cfg.init_weights = saved.get("init_weights", "raw")
     cfg.resume = str(path)
     note_overrides(saved, cfg, given)
 

@@ -16,7 +16,7 @@ import torch
 from model.dsrnet import GATE_MODES, SCALES, Net, checkpoint_filter_fn, infer_scale, is_authors_state_dict
 from model.inference import fast_memory_format
 
-__all__ = ["CheckpointError", "Net", "GATE_MODES", "SCALES", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
+__all__ = ["CheckpointError", "Net", "GATE_MODES", "SCALES", "held_weights", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
 
 
 class CheckpointError(ValueError):
@@ -70,16 +70,34 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def held_weights(ckpt: dict) -> dict[str, dict]:
+    """The weights a checkpoint holds by kind: 'raw' (``model``) and, from a run with ``--ema``, 'ema'
+    (``model_ema``); a weights-only file of such a run holds the average under ``model`` (``weights: "ema"``)."""
+    if "model_ema" in ckpt:
+        return {"ema": ckpt["model_ema"], "raw": ckpt["model"]}
+    return {"ema" if ckpt.get("weights") == "ema" else "raw": ckpt["model"]}
+
+
 def load_checkpoint(path: str | os.PathLike, scale: int | None = None, device: str | torch.device = "cpu",
                     gate_mode: str = "selected", gate_seed: int = 0, group: int | None = None,
-                    memory_format: torch.memory_format | None = None) -> Net:
+                    memory_format: torch.memory_format | None = None, weights: str | None = None) -> Net:
     """Build an eval-mode Net from ``path`` with the scale the weights were trained for.
 
     ``scale`` (optional) is checked against the file: a x2 file asked for x4 is refused. A
     multi-scale checkpoint accepts any of 2, 3, 4. The weights are put in ``memory_format``, by default
     the one float32 runs fastest in on ``device`` (:func:`model.inference.fast_memory_format`).
+    ``weights``: 'ema' or 'raw' (see :func:`held_weights`); by default the averaged ones where the file has
+    them (as BasicSR releases params_ema), else its only ones. The net records which as ``net.weights``.
     """
     ckpt = read_checkpoint(path)
+    sets = held_weights(ckpt)
+    which = weights or ("ema" if "ema" in sets else "raw")
+    if which not in sets:
+        raise CheckpointError(
+            f"checkpoint {path} holds no averaged weights (model_ema: a run trained with --ema saves them); drop "
+            "--weights ema" if which == "ema" else
+            f"checkpoint {path} holds only averaged weights (the _best/_final file of an --ema run); its step "
+            "checkpoints hold the raw ones, or drop --weights raw")
     held = ckpt["scale"]
     if scale not in (None, 0) and held != 0 and held != scale:
         raise CheckpointError(f"checkpoint {path} holds a x{held} model but x{scale} was asked; "
@@ -91,7 +109,7 @@ def load_checkpoint(path: str | os.PathLike, scale: int | None = None, device: s
         raise CheckpointError(f"--group must be a positive integer, got {groups}")
     net = Net(scale=held or 2, multi_scale=held == 0, group=groups, gate_mode=gate_mode, gate_seed=gate_seed)
     try:
-        result = net.load_state_dict(ckpt["model"], strict=False)
+        result = net.load_state_dict(sets[which], strict=False)
     except RuntimeError as err:  # tensor shapes differ, e.g. another --group than the file was trained with
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise CheckpointError(f"checkpoint {path} does not fit DSRNet with group {groups} ({first}); "
@@ -99,4 +117,5 @@ def load_checkpoint(path: str | os.PathLike, scale: int | None = None, device: s
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"checkpoint {path} does not match DSRNet ({scale_name(held)}): "
                          f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    net.weights = which
     return net.to(device, memory_format=memory_format or fast_memory_format(device)).eval()

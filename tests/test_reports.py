@@ -10,7 +10,8 @@ from dsrnet.reports import SETTING_OF_FLAG, UNRECORDED_FLAGS, report_settings
 def settings_for(argv: list[str]) -> dict:
     cfg = sample.parse_args(argv)
     sample.check_args(cfg)
-    return report_settings(cfg, None, ["Set5"], None, scales=cfg.scale or [2], device=torch.device("cpu"))
+    return report_settings(cfg, None, ["Set5"], None, scales=cfg.scale or [2], device=torch.device("cpu"),
+                           weights=None)
 
 
 def test_every_flag_is_recorded_or_excluded_with_a_reason():
