@@ -26,6 +26,7 @@ from dsrnet.errors import InputError
 from model import CheckpointError, Net, load_checkpoint, read_checkpoint
 from model.inference import bf16_supported
 from solver import Solver, parse_args
+from tools import ema_study_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DECAY = 0.6  # far from 1, so that a step moves the average visibly
@@ -235,6 +236,7 @@ def test_init_from_takes_the_average_unless_told_otherwise(ema_run, pack, tmp_pa
 DDP_SCRIPT = """
 import os, sys, torch
 from solver import Solver, parse_args
+from tools import ema_study_table
 solver = Solver(parse_args(sys.argv[1:]))
 solver.fit()
 torch.save(solver.ema.state_dict(), os.path.join(os.environ["DUMP"], "rank%s.pt" % os.environ["RANK"]))
@@ -267,3 +269,27 @@ def test_ddp_ranks_hold_the_same_average_and_resume_exactly(pack, tmp_path):
     for k, v in straight["model_ema"].items():
         assert all(torch.equal(v, rank[k]) for rank in ranks), k  # every rank's average is the saved one
         assert torch.equal(v, resumed["model_ema"][k]) and torch.equal(straight["model"][k], resumed["model"][k]), k
+
+
+# ---------------------------------------------------------------------------------------- the study's table
+
+def _report(path: Path, psnr: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"results": [{"dataset": s, "psnr": v} for s, v in psnr.items()]}))
+
+
+def test_the_study_table_compares_each_average_with_the_raw_weights_of_the_same_seeds(tmp_path):
+    raw = {0: (37.30, 33.10), 1: (37.40, 33.00), 2: (37.20, 33.05)}
+    for seed, (a, b) in raw.items():
+        for decay, gain in (("999", 0.5), ("99", 0.01)):
+            _report(tmp_path / "eval" / f"ft_ema{decay}_s{seed}_raw.json", {"Set5": a, "Set14": b})
+            _report(tmp_path / "eval" / f"ft_ema{decay}_s{seed}_ema.json", {"Set5": a + gain, "Set14": b + gain})
+    table = ema_study_table.study_table(ema_study_table.read_scores(tmp_path)["ft"])
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert list(rows) == ["raw", "ema 0.999", "ema 0.99"]
+    assert "| 37.3000 (0.200) | 33.0500 (0.100) |" in rows["raw"]
+    assert "+0.5000, +0.500 / +0.500 / +0.500, yes" in rows["ema 0.999"]  # beyond the 0.2 dB spread
+    assert "+0.0100, +0.010 / +0.010 / +0.010, no" in rows["ema 0.99"]
+    _report(tmp_path / "eval" / "ft_ema99_s1_raw.json", {"Set5": 37.41, "Set14": 33.0})
+    with pytest.raises(InputError, match="did not train the same trajectory"):
+        ema_study_table.read_scores(tmp_path)
