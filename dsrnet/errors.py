@@ -53,9 +53,10 @@ def run_cli(main: Callable[[], object]) -> None:
     the rest, such as a log row appended to log.csv.)
 
     A failure inside training can leave DataLoader workers running. They ignore SIGTERM (see
-    dsrnet.stopping.ignore_stop_signals), so multiprocessing's exit handler would wait for them forever;
-    with such children alive the process ends at once instead, and they follow it within seconds
-    (each worker watches its parent).
+    dsrnet.stopping.ignore_stop_signals), so multiprocessing's exit handler would wait for them forever; and a
+    worker that outlives its parent can still print a broken-pipe traceback from its queue's feeder thread
+    into the same stderr, after the one line. So such children are killed (nobody will read their batches)
+    and the process ends at once.
     """
     try:
         main()
@@ -78,7 +79,10 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
-    if multiprocessing.active_children():
+    workers = multiprocessing.active_children()
+    if workers:
+        for worker in workers:  # a worker left to notice its parent's end could still print into our stderr
+            worker.kill()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -184,6 +184,31 @@ def test_a_worker_killed_by_the_oom_killer_ends_in_one_line(pack, tmp_path):
     assert "a data-loading worker died" in err and "--num_workers" in err and "--in_memory" in err
 
 
+LINGERING_WORKER = """
+import multiprocessing, signal, sys, time
+from dsrnet.errors import InputError, run_cli
+
+def worker():  # as a DataLoader worker: deaf to SIGTERM, and it may still write after its parent has failed
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(3)
+    print("Traceback (most recent call last): BrokenPipeError", file=sys.stderr, flush=True)
+
+def main():
+    multiprocessing.get_context("fork").Process(target=worker, daemon=True).start()
+    raise InputError("bad input")
+
+run_cli(main)
+"""
+
+
+def test_a_failure_leaves_no_worker_behind_to_print_after_its_one_line():
+    """The cause of the one-line tests' rare failures under load: a surviving DataLoader worker printed a
+    broken-pipe traceback into the trainer's stderr after the error line. The CLI edge now kills them."""
+    proc = subprocess.run([sys.executable, "-c", LINGERING_WORKER], cwd=ROOT, text=True, capture_output=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (proc.returncode, proc.stderr) == (2, "error: bad input\n")
+
+
 # ------------------------------------------------------------------------------- flags refused at startup
 
 def test_training_refuses_out_of_range_seeds_and_ckpt_names_with_folders(pack, tmp_path):
