@@ -154,6 +154,19 @@ def test_a_second_run_in_a_held_folder_stops_at_once_naming_the_first(pack, tmp_
     assert list(ckpt_dir.iterdir()) == [stale]
 
 
+def test_a_run_refused_for_its_data_never_contends_for_the_folder(pack, tmp_path):
+    """Training data is checked before the folder is claimed: a run with a bad --train_data_path says so even
+    while another run holds the folder (it used to report the other run instead, at random under load)."""
+    ckpt_dir = tmp_path / "ck"
+    ckpt_dir.mkdir()
+    lock = RunLock(ckpt_dir)
+    try:
+        err = one_error_line(train(tmp_path / "missing.h5", ckpt_dir, "--max_steps", "1", "--num_workers", "0"))
+    finally:
+        lock.release()
+    assert "missing.h5" in err and "in use" not in err
+
+
 # ------------------------------------------------------------------------------- a killed DataLoader worker
 
 def children(pid: int) -> list[int]:

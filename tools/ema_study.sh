@@ -9,7 +9,8 @@
 #
 # Run from the repository root; everything is written under OUT. FT_STEPS / SCRATCH_STEPS set the run lengths,
 # SCRATCH_DECAY the from-scratch lr's halving period, SEEDS the seeds, DECAYS the EMA decays; SHARED points at
-# the reference material. Each seed's runs of the different decays go in parallel (one thread each).
+# the reference material. Each seed's runs of the different decays go in parallel (one thread each); PAR_SEEDS=1
+# starts the runs of every seed at once.
 set -euo pipefail
 OUT=${1:?usage: tools/ema_study.sh OUT STAGE}
 STAGE=${2:?usage: tools/ema_study.sh OUT STAGE}
@@ -29,16 +30,17 @@ mkdir -p "$OUT/eval"
 COMMON=(--train_data_path "$DATA" --amp bf16 --batch_size 16 --patch_size 32 --num_workers 1 --gate selected
         --log_interval 50)
 
-train_pairs() {  # PREFIX ARGS...: one run per decay and seed, the decays of a seed side by side
-  local prefix=$1; shift
+train_pairs() {  # PREFIX ARGS...: one run per decay and seed, the decays of a seed side by side (with
+  local prefix=$1; shift  # PAR_SEEDS=1, every run at once)
   for seed in $SEEDS; do
     for decay in $DECAYS; do
       name=${prefix}_ema${decay#0.}_s$seed
       OMP_NUM_THREADS=1 $PY x2/train.py "${COMMON[@]}" --ckpt_dir "$OUT/$name" --ckpt_name "$name" \
           --seed "$seed" --ema "$decay" "$@" > "$OUT/$name.log" 2>&1 &
     done
-    wait
+    [ "${PAR_SEEDS:-0}" = 1 ] || wait
   done
+  wait
 }
 
 evaluate() {  # PREFIX STEPS: each final checkpoint with its average and its raw weights
