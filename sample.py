@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from dataset.imresize import imresize
-from dataset.io import ensure_writable
+from dsrnet.files import ensure_writable
 from dataset.layouts import find_test_set, list_input_images
 from dsrnet import AUTHORS_WEIGHTS, ROOT
-from dsrnet.cli import HelpFormatter, check_seed, pick_device
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import HelpFormatter, check_seed, pick_device, run_cli
+from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult, evaluate_routed, evaluate_set, markdown_table, method_sr_folder
 from dsrnet.metrics import PROTOCOLS, QUANTIZE_MODES, luma, to_uint8, to_uint16
 from dsrnet.reports import check_report_writable, report_settings, write_report

@@ -44,17 +44,17 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset.io import ensure_writable_folder, stale_temps
+from dsrnet.files import ensure_writable_folder, stale_temps
 from dataset.layouts import find_test_set, load_pair
 from dataset.train_data import TrainDataset, file_identity, step_loader, step_scale
-from dsrnet.cli import HelpFormatter, output_never_stops_the_run
+from dsrnet.cli import HelpFormatter, output_never_stops_the_run, run_cli
 from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, data_change, find_resume, read_resumable,
                                 regroup_optimizer_state, restore_training_state, training_checkpoint, valid_basis,
                                 weights_checkpoint)
 from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0, shutdown_distributed,
                                 wrap_for_ranks)
 from dsrnet.ema import WeightAverage
-from dsrnet.errors import InputError, run_cli
+from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, require_scorable
 from dsrnet.resume import apply_resume_defaults, given_flags
 from dsrnet.metrics import to_uint8

@@ -54,9 +54,10 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.imresize import imresize, modcrop
-from dataset.io import atomic_path, image_size, images_in, read_image, stale_temps
-from dsrnet.cli import HelpFormatter
-from dsrnet.errors import InputError, run_cli
+from dataset.io import image_size, images_in, read_image
+from dsrnet.files import atomic_path, stale_temps
+from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.errors import InputError
 from model import SCALES
 
 try:

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from dataset.io import atomic_write_bytes
+from dsrnet.files import atomic_write_bytes
 from dsrnet.distributed import print_rank0
 from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError

@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from dataset.io import atomic_write_bytes, write_image
+from dataset.io import write_image
+from dsrnet.files import atomic_write_bytes
 from dataset.layouts import ImagePair, TestSet, load_pair
 from dsrnet.errors import InputError
 from dsrnet.metrics import check_scorable, psnr_y, ssim_y

@@ -13,16 +13,8 @@ from typing import Callable
 import numpy as np
 
 from dataset.imresize import imresize
-from dataset.io import (
-    IMAGE_EXTENSIONS,
-    Planes,
-    check_replaceable,
-    check_savable,
-    ensure_writable,
-    image_size,
-    read_planes,
-    write_image,
-)
+from dataset.io import IMAGE_EXTENSIONS, Planes, check_replaceable, check_savable, image_size, read_planes, write_image
+from dsrnet.files import ensure_writable
 from dsrnet.errors import InputError
 
 # LR RGB HxWx3 and "the input was grayscale" -> SR in the LR's dtype (uint8, or uint16 for a 16-bit photo),

@@ -21,7 +21,7 @@ __all__ = ["CheckpointError", "Net", "GATE_MODES", "SCALES", "held_weights", "lo
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked. The message names the file and the fix; the CLIs
-    print it as one line (``dsrnet.errors.run_cli``). ``model/`` defines its own error so that it
+    print it as one line (``dsrnet.cli.run_cli``). ``model/`` defines its own error so that it
     depends on torch alone and can be copied into another project."""
 
 

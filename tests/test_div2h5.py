@@ -17,7 +17,8 @@ from dataset.div2h5 import main, pack_div2k, pack_hr_folder
 from dataset.imresize import imresize, modcrop
 from dataset.io import read_image, write_image
 from dataset.train_data import TrainDataset
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import run_cli
+from dsrnet.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = (2, 3, 4)

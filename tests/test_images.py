@@ -14,7 +14,8 @@ from PIL import Image
 
 from dataset.div2h5 import pack_hr_folder
 from dataset.imresize import imresize
-from dataset.io import atomic_write_bytes, read_image, read_planes, write_image
+from dataset.io import read_image, read_planes, write_image
+from dsrnet.files import atomic_write_bytes
 from dataset.layouts import find_test_set, load_pair
 from dsrnet.errors import InputError
 

@@ -21,8 +21,10 @@ import pytest
 import torch
 
 from dataset.div2h5 import pack_hr_folder
-from dataset.io import atomic_write_bytes, stale_temps, write_image
-from dsrnet.errors import InputError, run_cli
+from dataset.io import write_image
+from dsrnet.files import atomic_write_bytes, stale_temps
+from dsrnet.cli import run_cli
+from dsrnet.errors import InputError
 from dsrnet.run_lock import LOCK_NAME, RunLock
 from model import Net, read_checkpoint
 from solver import Solver, parse_args

@@ -12,7 +12,8 @@ import torch
 
 import sample
 from dataset.io import read_image, write_image
-from dsrnet.errors import USER_ERRORS, InputError
+from dsrnet.cli import USER_ERRORS
+from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y
 from model import Net, load_checkpoint
 from model.inference import super_resolve, tf32

@@ -165,7 +165,7 @@ def test_full_disk_is_one_line(weights_x2, photo, tmp_path):
     code = ("import errno, os, pathlib, sys\n"
             "def full(self, data): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
             "pathlib.Path.write_bytes = full\n"
-            "import sample\nfrom dsrnet.errors import run_cli\n"
+            "import sample\nfrom dsrnet.cli import run_cli\n"
             "run_cli(lambda: sample.main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", code, "--ckpt_path", str(weights_x2), "--input", str(photo),
                            "--output", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -26,9 +26,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dataset.io import ensure_writable
-from dsrnet.cli import HelpFormatter, pick_device
-from dsrnet.errors import InputError, run_cli
+from dsrnet.files import ensure_writable
+from dsrnet.cli import HelpFormatter, pick_device, run_cli
+from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model import load_checkpoint, read_checkpoint, scale_name
 from model.dsrnet import Net, is_authors_state_dict

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dataset.io import ensure_writable
+from dsrnet.files import ensure_writable
 from dataset.train_data import TrainDataset
-from dsrnet.cli import HelpFormatter
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model import SCALES, Net
 from model.inference import bf16_supported
