@@ -24,16 +24,8 @@ from dsrnet.reports import check_report_writable, report_settings, write_report
 from dsrnet.upscale import Method, bicubic_method, plan_outputs, upscale_inputs
 from model import GATE_MODES, Net, load_checkpoint
 from model.flops import upsampler_groups
-from model.inference import (
-    MIN_TILE_CORE,
-    RECEPTIVE_RADIUS,
-    bf16_supported,
-    fast_memory_format,
-    precision_name,
-    set_tf32,
-    super_resolve,
-    tf32_supported,
-)
+from model.inference import MIN_TILE_CORE, RECEPTIVE_RADIUS, super_resolve
+from model.precision import bf16_supported, fast_memory_format, precision_name, set_tf32, tf32_supported
 
 DEFAULT_SETS = ("Set5", "Set14", "B100", "BSD100", "Urban100")
 

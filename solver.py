@@ -64,8 +64,16 @@ from dsrnet.run_lock import RunLock
 from dsrnet.run_log import RunLog, Throughput
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
 from model import GATE_MODES, SCALES, Net
-from model.inference import (AMP_DTYPES, TRAINING_MEMORY_FORMAT, autocast, bf16_supported, fast_memory_format,
-                             memory_format_of, super_resolve, tf32)
+from model.inference import super_resolve
+from model.precision import (
+    AMP_DTYPES,
+    TRAINING_MEMORY_FORMAT,
+    autocast,
+    bf16_supported,
+    fast_memory_format,
+    memory_format_of,
+    tf32,
+)
 
 ROOT = Path(__file__).resolve().parent
 LOSSES = {"MSE": nn.MSELoss, "L1": nn.L1Loss, "SmoothL1": nn.SmoothL1Loss}

@@ -24,7 +24,7 @@ from dataset.io import write_image
 from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError
 from model import CheckpointError, Net, load_checkpoint, read_checkpoint
-from model.inference import bf16_supported
+from model.precision import bf16_supported
 from solver import Solver, parse_args
 from tools import ema_study_table
 

@@ -15,7 +15,8 @@ from dataset.io import read_image, write_image
 from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y, ssim_y
 from model import load_checkpoint
-from model.inference import super_resolve, tf32
+from model.inference import super_resolve
+from model.precision import tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 2

@@ -16,7 +16,8 @@ from dsrnet.cli import USER_ERRORS
 from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y
 from model import Net, load_checkpoint
-from model.inference import super_resolve, tf32
+from model.inference import super_resolve
+from model.precision import tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 

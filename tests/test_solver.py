@@ -29,7 +29,7 @@ from dataset.train_data import StepSampler
 from dsrnet.errors import InputError
 from dsrnet.rng import capture_rng_states, restore_rng_states
 from model import load_checkpoint, read_checkpoint
-from model.inference import bf16_supported
+from model.precision import bf16_supported
 from solver import Solver, get_lr, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]

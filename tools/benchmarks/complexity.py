@@ -30,7 +30,7 @@ from dsrnet.errors import InputError
 from dsrnet.provenance import environment, git_description
 from model import SCALES, Net, file_sha256, load_checkpoint, read_checkpoint, scale_name
 from model.flops import count_flops, meta_net
-from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32
+from model.precision import bf16_supported, fast_memory_format, memory_format_of, set_tf32
 from tools.benchmarks.report import WEIGHTS_CANDIDATES, require_at_least
 from tools.benchmarks.timing import interleaved
 

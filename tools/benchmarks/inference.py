@@ -32,15 +32,8 @@ from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model import load_checkpoint, read_checkpoint, scale_name
 from model.dsrnet import Net, is_authors_state_dict
-from model.inference import (
-    bf16_supported,
-    fast_memory_format,
-    image_to_tensor,
-    memory_format_of,
-    set_tf32,
-    super_resolve,
-    tf32,
-)
+from model.inference import image_to_tensor, super_resolve
+from model.precision import bf16_supported, fast_memory_format, memory_format_of, set_tf32, tf32
 from model.reference import reference_forward
 from tools.benchmarks.complexity import count_flops, meta_net
 from tools.benchmarks.report import WEIGHTS_CANDIDATES, cpu_flags_line, printed_to, provenance, require_at_least

@@ -27,7 +27,7 @@ from dsrnet.cli import HelpFormatter, run_cli
 from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model import SCALES, Net
-from model.inference import bf16_supported
+from model.precision import bf16_supported
 from solver import Solver, parse_args
 from tools.benchmarks.report import printed_to, provenance, require_at_least
 
