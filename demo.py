@@ -29,8 +29,8 @@ from typing import Callable
 import numpy as np
 
 import sample
-from dataset.div2h5 import pack_hr_folder
-from dataset.io import write_image
+from dsrnet.data.pack import pack_hr_folder
+from dsrnet.data.images import write_image
 from dsrnet.files import atomic_write_bytes
 from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.cli import HelpFormatter, run_cli

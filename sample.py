@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset.imresize import imresize
+from dsrnet.data.imresize import imresize
 from dsrnet.files import ensure_writable
-from dataset.layouts import find_test_set, list_input_images
+from dsrnet.data.layouts import find_test_set, list_input_images
 from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.cli import HelpFormatter, check_seed, pick_device, run_cli
 from dsrnet.errors import InputError

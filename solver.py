@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dsrnet.files import ensure_writable_folder, stale_temps
-from dataset.layouts import find_test_set, load_pair
-from dataset.train_data import TrainDataset, file_identity, step_loader, step_scale
+from dsrnet.data.layouts import find_test_set, load_pair
+from dsrnet.data.train_data import TrainDataset, file_identity, step_loader, step_scale
 from dsrnet.cli import HelpFormatter, output_never_stops_the_run, run_cli
 from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, data_change, find_resume, read_resumable,
                                 regroup_optimizer_state, restore_training_state, training_checkpoint, valid_basis,

@@ -17,9 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from dataset.io import write_image
+from dsrnet.data.images import write_image
 from dsrnet.files import atomic_write_bytes
-from dataset.layouts import ImagePair, TestSet, load_pair
+from dsrnet.data.layouts import ImagePair, TestSet, load_pair
 from dsrnet.errors import InputError
 from dsrnet.metrics import check_scorable, psnr_y, ssim_y
 from model.dsrnet import Net

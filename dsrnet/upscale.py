@@ -1,6 +1,6 @@
 """Upscaling a user's own images (no HR): they come out as they went in, and no output overwrites another.
 
-Every still image PIL opens is decoded, upright, by :func:`dataset.io.read_planes`; the network always sees RGB.
+Every still image PIL opens is decoded, upright, by :func:`dsrnet.data.images.read_planes`; the network always sees RGB.
 A grayscale input comes back as one channel, the BT.601 luma of the SR (:func:`dsrnet.metrics.luma`); an alpha
 channel is upscaled with MATLAB-style bicubic and kept; a 16-bit input is run and written at 16 bits.
 """
@@ -12,8 +12,16 @@ from typing import Callable
 
 import numpy as np
 
-from dataset.imresize import imresize
-from dataset.io import IMAGE_EXTENSIONS, Planes, check_replaceable, check_savable, image_size, read_planes, write_image
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import (
+    IMAGE_EXTENSIONS,
+    Planes,
+    check_replaceable,
+    check_savable,
+    image_size,
+    read_planes,
+    write_image,
+)
 from dsrnet.files import ensure_writable
 from dsrnet.errors import InputError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.io import read_image, write_image
+from dsrnet.data.images import read_image, write_image
 from dsrnet.files import atomic_path, atomic_write_bytes, ensure_writable
 from dsrnet.errors import InputError
 

@@ -11,7 +11,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import sample
 from conftest import need_set
-from dataset.io import read_image, write_image
+from dsrnet.data.images import read_image, write_image
 from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y, ssim_y
 from model import load_checkpoint

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.div2h5 import pack_hr_folder
-from dataset.io import write_image
+from dsrnet.data.pack import pack_hr_folder
+from dsrnet.data.images import write_image
 from dsrnet.files import atomic_write_bytes, stale_temps
 from dsrnet.cli import run_cli
 from dsrnet.errors import InputError

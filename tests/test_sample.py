@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sample
-from dataset.io import read_image, write_image
+from dsrnet.data.images import read_image, write_image
 from dsrnet.cli import USER_ERRORS
 from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y

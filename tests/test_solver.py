@@ -23,9 +23,9 @@ import torch
 
 import sample
 import solver as solver_module
-from dataset.imresize import imresize
-from dataset.io import write_image
-from dataset.train_data import StepSampler
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import write_image
+from dsrnet.data.train_data import StepSampler
 from dsrnet.errors import InputError
 from dsrnet.rng import capture_rng_states, restore_rng_states
 from model import load_checkpoint, read_checkpoint

@@ -26,7 +26,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+import sample
+from dsrnet.data.layouts import find_test_set, load_pair
+from dsrnet.evaluation import require_scorable
 from dsrnet.files import ensure_writable
+from dsrnet.metrics import psnr_y, ssim_y, to_uint8
 from dsrnet.cli import HelpFormatter, pick_device, run_cli
 from dsrnet.errors import InputError
 from dsrnet.provenance import environment
@@ -193,9 +197,6 @@ def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float
     (with our metric functions, which give their numbers). Autograd follows ``net_raw``, as in theirs."""
     from PIL import Image
 
-    from dataset.layouts import load_pair
-    from dsrnet.evaluation import require_scorable
-    from dsrnet.metrics import psnr_y, ssim_y, to_uint8
 
     scores = []
     for ts, pair in pairs:
@@ -212,9 +213,6 @@ def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float
 
 def end_to_end(cfg: argparse.Namespace, weights: Path, raw: dict[str, torch.Tensor], device: torch.device) -> None:
     import tempfile
-
-    import sample
-    from dataset.layouts import find_test_set, load_pair
 
     ts = find_test_set(cfg.end_to_end, 2)
     pairs = [(ts, p) for p in ts.pairs]

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from dsrnet.files import ensure_writable
-from dataset.train_data import TrainDataset
+from dsrnet.data.train_data import TrainDataset
 from dsrnet.cli import HelpFormatter, run_cli
 from dsrnet.errors import InputError
 from dsrnet.provenance import environment
