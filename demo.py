@@ -29,11 +29,12 @@ from typing import Callable
 import numpy as np
 
 import sample
-from dataset.div2h5 import pack_hr_folder
-from dataset.io import atomic_write_bytes, write_image
+from dsrnet.data.pack import pack_hr_folder
+from dsrnet.data.images import write_image
+from dsrnet.files import atomic_write_bytes
 from dsrnet import AUTHORS_WEIGHTS, ROOT
-from dsrnet.cli import HelpFormatter
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult
 from dsrnet.provenance import environment, git_description
 from dsrnet.rng import NUMPY_MAX_SEED

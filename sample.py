@@ -9,38 +9,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from dataset.imresize import imresize
-from dataset.io import ensure_writable
-from dataset.layouts import find_test_set, list_input_images
+from dsrnet.data.imresize import imresize
+from dsrnet.files import ensure_writable
+from dsrnet.data.layouts import find_test_set, list_input_images
 from dsrnet import AUTHORS_WEIGHTS, ROOT
-from dsrnet.cli import HelpFormatter, check_seed, pick_device
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import HelpFormatter, check_seed, pick_device, run_cli
+from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult, evaluate_routed, evaluate_set, markdown_table, method_sr_folder
-from dsrnet.metrics import PROTOCOLS, QUANTIZE_MODES, luma, to_uint8, to_uint16
+from dsrnet.metrics import PROTOCOLS, QUANTIZE_MODES
 from dsrnet.reports import check_report_writable, report_settings, write_report
-from dsrnet.upscale import Method, bicubic_method, plan_outputs, upscale_inputs
+from dsrnet.upscale import Method, bicubic_method, network_method, plan_outputs, upscale_inputs
 from model import GATE_MODES, Net, load_checkpoint
 from model.flops import upsampler_groups
-from model.inference import (
-    MIN_TILE_CORE,
-    RECEPTIVE_RADIUS,
-    bf16_supported,
-    fast_memory_format,
-    precision_name,
-    set_tf32,
-    super_resolve,
-    tf32_supported,
-)
+from model.inference import MIN_TILE_CORE, RECEPTIVE_RADIUS
+from model.precision import bf16_supported, fast_memory_format, precision_name, set_tf32, tf32_supported
 
 DEFAULT_SETS = ("Set5", "Set14", "B100", "BSD100", "Urban100")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--model", default="dsrnet", help="model module under model/ (only dsrnet)")
+    p.add_argument("--model", default="dsrnet", help="the authors' flag, kept so that their command lines run: "
+                   "accepts only dsrnet")
     p.add_argument("--ckpt_path", help=f"checkpoint (authors' or ours); default {AUTHORS_WEIGHTS.relative_to(ROOT)}")
     p.add_argument("--test_data_dir", nargs="+", help="one or more test-set folders (any supported layout); "
                    "default: dataset/benchmark/{Set5,Set14,B100,BSD100,Urban100} where present")
@@ -192,14 +184,9 @@ def build_net(cfg: argparse.Namespace, device: torch.device) -> tuple[Net | None
 
 
 def dsrnet_method(net: Net, scale: int, cfg: argparse.Namespace, device: torch.device) -> Method:
-    """The network as an upscaler; for a gray input the SR's luma, quantised like the RGB output, at the LR's
-    depth (a 16-bit photo is run and returned at 16 bits)."""
-    def upscale(lr, gray=False):
-        sr = super_resolve(net, lr, scale, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-                           self_ensemble=cfg.self_ensemble, device=device, bf16=cfg.bf16)
-        levels = to_uint16 if lr.dtype == np.uint16 else to_uint8
-        return levels(luma(sr), cfg.quantize)[..., 0] if gray else levels(sr, cfg.quantize)
-    return upscale
+    """The network as an upscaler, run as the flags ask (:func:`dsrnet.upscale.network_method`)."""
+    return network_method(net, scale, device, cfg.quantize, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
+                          self_ensemble=cfg.self_ensemble, bf16=cfg.bf16)
 
 
 def evaluate_sets(cfg: argparse.Namespace, net: Net | None, scales: list[int], device: torch.device,

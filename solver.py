@@ -44,28 +44,35 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset.io import ensure_writable_folder, stale_temps
-from dataset.layouts import find_test_set, load_pair
-from dataset.train_data import TrainDataset, file_identity, step_loader, step_scale
-from dsrnet.cli import HelpFormatter, output_never_stops_the_run
+from dsrnet.files import ensure_writable_folder, stale_temps
+from dsrnet.data.layouts import find_test_set, load_pair
+from dsrnet.data.train_data import TrainDataset, file_identity, step_loader, step_scale
+from dsrnet.cli import HelpFormatter, output_never_stops_the_run, run_cli
 from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, data_change, find_resume, read_resumable,
                                 regroup_optimizer_state, restore_training_state, training_checkpoint, valid_basis,
                                 weights_checkpoint)
 from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0, shutdown_distributed,
                                 wrap_for_ranks)
 from dsrnet.ema import WeightAverage
-from dsrnet.errors import InputError, run_cli
+from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, require_scorable
 from dsrnet.resume import apply_resume_defaults, given_flags
-from dsrnet.metrics import to_uint8
 from dsrnet.provenance import environment
 from dsrnet.rng import NUMPY_MAX_SEED, seed_everything
 from dsrnet.run_lock import RunLock
 from dsrnet.run_log import RunLog, Throughput
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
+from dsrnet.upscale import network_method
 from model import GATE_MODES, SCALES, Net
-from model.inference import (AMP_DTYPES, TRAINING_MEMORY_FORMAT, autocast, bf16_supported, fast_memory_format,
-                             memory_format_of, super_resolve, tf32)
+from model.precision import (
+    AMP_DTYPES,
+    TRAINING_MEMORY_FORMAT,
+    autocast,
+    bf16_supported,
+    fast_memory_format,
+    memory_format_of,
+    tf32,
+)
 
 ROOT = Path(__file__).resolve().parent
 LOSSES = {"MSE": nn.MSELoss, "L1": nn.L1Loss, "SmoothL1": nn.SmoothL1Loss}
@@ -121,7 +128,8 @@ def _ckpt_name(text: str) -> str:
 def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     """The training flags: the authors' (same names and meaning) plus resume/validation/DDP extras."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--model", default="dsrnet", help="model module under model/ (only dsrnet)")
+    p.add_argument("--model", default="dsrnet", help="the authors' flag, kept so that their command lines run: "
+                   "accepts only dsrnet")
     p.add_argument("--scale", type=int, choices=(0, *SCALES), default=default_scale,
                    help="upscaling factor; 0 trains one multi-scale net on x2/x3/x4 (default: the folder's)")
     p.add_argument("--group", type=_int_at_least(1), default=1, help="upsampler conv groups (authors: 1)")
@@ -351,8 +359,7 @@ def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argp
     try:
         with tf32(False):
             for ts in valid_sets:
-                def upscale(lr: np.ndarray, s: int = ts.scale) -> np.ndarray:
-                    return to_uint8(super_resolve(scored, lr, s, device=device))
+                upscale = network_method(scored, ts.scale, device)
                 save = (Path(cfg.sample_dir) / cfg.ckpt_name / str(step) / ts.name / f"x{ts.scale}"
                         if cfg.sample_dir else None)
                 result = evaluate_set(upscale, ts, "DSRNet", shave=cfg.shave, save_dir=save)

@@ -1,1 +1,1 @@
-"""Data handling: image I/O, MATLAB-style resize, test-set layouts and the HDF5 training set."""
+"""The data folder: training files, test sets and ``div2h5.py``, the packing command line (code in dsrnet/data)."""

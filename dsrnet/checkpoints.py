@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from dataset.io import atomic_write_bytes
+from dsrnet.files import atomic_write_bytes
 from dsrnet.distributed import print_rank0
 from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError
@@ -95,7 +95,7 @@ def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: tor
                         ema: WeightAverage | None = None) -> dict:
     """The header plus everything a bit-exact resume needs. ``env``: :func:`dsrnet.provenance.environment`,
     taken once when the run starts (the code it describes is what the process imported); ``train_data``:
-    :func:`dataset.train_data.file_identity` of the training file; ``pending_row``: this step's log row when
+    :func:`dsrnet.data.train_data.file_identity` of the training file; ``pending_row``: this step's log row when
     its validation is still to come (saved first, so that a resume can finish the step if it never came);
     ``ema``: the run's averaged weights, saved as ``model_ema``."""
     return {
@@ -180,7 +180,7 @@ def restore_training_state(path: Path, ckpt: dict, net: Net, optim: torch.optim.
 
 def data_change(saved: dict | None, now: dict) -> str | None:
     """One line when the training file differs from the one a checkpoint recorded (see
-    :func:`dataset.train_data.file_identity`); None when it is the same, or the checkpoint recorded none."""
+    :func:`dsrnet.data.train_data.file_identity`); None when it is the same, or the checkpoint recorded none."""
     if not saved or (saved.get("size"), saved.get("sha256_ends")) == (now["size"], now["sha256_ends"]):
         return None
     moved = f" (it was {saved.get('path')})" if saved.get("path") != now["path"] else ""

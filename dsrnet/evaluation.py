@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
-from dataset.io import atomic_write_bytes, write_image
-from dataset.layouts import ImagePair, TestSet, load_pair
+from dsrnet.data.images import write_image
+from dsrnet.files import atomic_write_bytes
+from dsrnet.data.layouts import ImagePair, TestSet, load_pair
 from dsrnet.errors import InputError
 from dsrnet.metrics import check_scorable, psnr_y, ssim_y
 from model.dsrnet import Net
@@ -224,15 +226,6 @@ class RoutedUpscaler:
         self.images = []
 
 
-class _NoBar:
-    def update(self, n: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=None)
+def _progress(total: int, desc: str, enabled: bool) -> tqdm:
+    """A progress bar while a terminal watches; none at all unless ``enabled``."""
+    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if enabled else True)

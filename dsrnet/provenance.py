@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from dsrnet import ROOT
+from model.precision import tf32_enabled
 
 
 def _git(*args: str) -> str | None:
@@ -36,8 +37,6 @@ def git_description(env: dict) -> str:
 def environment() -> dict:
     import numpy
     import torch
-
-    from model.inference import tf32_enabled
 
     return {
         "command": " ".join([Path(sys.executable).name] + sys.argv),

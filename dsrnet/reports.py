@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dataset.io import atomic_write_bytes, ensure_writable
+from dsrnet.files import atomic_write_bytes, ensure_writable
 from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult, per_image_csv_beside, write_per_image_csv
 from dsrnet.provenance import environment

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from dataset.io import atomic_write_bytes
+from dsrnet.files import atomic_write_bytes
 from dsrnet.errors import InputError
 
 

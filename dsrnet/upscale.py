@@ -1,6 +1,6 @@
 """Upscaling a user's own images (no HR): they come out as they went in, and no output overwrites another.
 
-Every still image PIL opens is decoded, upright, by :func:`dataset.io.read_planes`; the network always sees RGB.
+Every still image PIL opens is decoded, upright, by :func:`dsrnet.data.images.read_planes`; the network always sees RGB.
 A grayscale input comes back as one channel, the BT.601 luma of the SR (:func:`dsrnet.metrics.luma`); an alpha
 channel is upscaled with MATLAB-style bicubic and kept; a 16-bit input is run and written at 16 bits.
 """
@@ -11,19 +11,22 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
-from dataset.imresize import imresize
-from dataset.io import (
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import (
     IMAGE_EXTENSIONS,
     Planes,
     check_replaceable,
     check_savable,
-    ensure_writable,
     image_size,
     read_planes,
     write_image,
 )
+from dsrnet.files import ensure_writable
 from dsrnet.errors import InputError
+from dsrnet.metrics import luma, to_uint8, to_uint16
+from model.inference import super_resolve
 
 # LR RGB HxWx3 and "the input was grayscale" -> SR in the LR's dtype (uint8, or uint16 for a 16-bit photo),
 # HxWx3 or (gray) HxW.
@@ -33,6 +36,19 @@ Method = Callable[[np.ndarray, bool], np.ndarray]
 def bicubic_method(scale: int) -> Method:
     """MATLAB-style bicubic, on the one gray channel when there is only one (the three are equal)."""
     return lambda lr, gray: imresize(lr[..., 0] if gray else lr, scale)
+
+
+def network_method(net: torch.nn.Module, scale: int, device: torch.device, quantize: str = "truncate",
+                   tile: int | None = None, tile_overlap: int = 24, self_ensemble: bool = False,
+                   bf16: bool = False) -> Method:
+    """The network as an upscaler (sample.py's and training validation's): SR quantised to the LR's depth (a
+    16-bit photo is run and returned at 16 bits); for a gray input the SR's luma, quantised like the RGB output."""
+    def upscale(lr: np.ndarray, gray: bool = False) -> np.ndarray:
+        sr = super_resolve(net, lr, scale, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble,
+                           device=device, bf16=bf16)
+        levels = to_uint16 if lr.dtype == np.uint16 else to_uint8
+        return levels(luma(sr), quantize)[..., 0] if gray else levels(sr, quantize)
+    return upscale
 
 
 def is_file_target(output: str) -> bool:

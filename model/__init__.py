@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from model.dsrnet import GATE_MODES, SCALES, Net, checkpoint_filter_fn, infer_scale, is_authors_state_dict
-from model.inference import fast_memory_format
+from model.precision import fast_memory_format
 
 __all__ = ["CheckpointError", "Net", "GATE_MODES", "SCALES", "held_weights", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked. The message names the file and the fix; the CLIs
-    print it as one line (``dsrnet.errors.run_cli``). ``model/`` defines its own error so that it
+    print it as one line (``dsrnet.cli.run_cli``). ``model/`` defines its own error so that it
     depends on torch alone and can be copied into another project."""
 
 
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | os.PathLike, scale: int | None = None, device: s
 
     ``scale`` (optional) is checked against the file: a x2 file asked for x4 is refused. A
     multi-scale checkpoint accepts any of 2, 3, 4. The weights are put in ``memory_format``, by default
-    the one float32 runs fastest in on ``device`` (:func:`model.inference.fast_memory_format`).
+    the one float32 runs fastest in on ``device`` (:func:`model.precision.fast_memory_format`).
     ``weights``: 'ema' or 'raw' (see :func:`held_weights`); by default the averaged ones where the file has
     them (as BasicSR releases params_ema), else its only ones. The net records which as ``net.weights``.
     """

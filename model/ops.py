@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.inference import autocast_enabled
+from model.precision import autocast_enabled
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.div2h5 import pack_hr_folder
-from dataset.io import read_image, write_image
-from dsrnet.errors import USER_ERRORS, InputError
+from dsrnet.data.pack import pack_hr_folder
+from dsrnet.data.images import read_image, write_image
+from dsrnet.cli import USER_ERRORS
+from dsrnet.errors import InputError
 from model import Net
 from tools.benchmarks import alternatives, inference, memory_format, training
 from tools.benchmarks.report import cpu_flags_line

@@ -8,7 +8,7 @@ import torch
 
 from dsrnet.errors import InputError
 from model import Net, load_checkpoint
-from model.inference import bf16_supported
+from model.precision import bf16_supported
 from tools.benchmarks import complexity
 from tools.benchmarks.complexity import (
     closest_combinations,

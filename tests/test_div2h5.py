@@ -12,12 +12,14 @@ import h5py
 import numpy as np
 import pytest
 
-import dataset.div2h5 as div2h5
-from dataset.div2h5 import main, pack_div2k, pack_hr_folder
-from dataset.imresize import imresize, modcrop
-from dataset.io import read_image, write_image
-from dataset.train_data import TrainDataset
-from dsrnet.errors import InputError, run_cli
+import dsrnet.data.pack as pack
+from dataset.div2h5 import main
+from dsrnet.data.pack import pack_div2k, pack_hr_folder
+from dsrnet.data.imresize import imresize, modcrop
+from dsrnet.data.images import read_image, write_image
+from dsrnet.data.train_data import TrainDataset
+from dsrnet.cli import run_cli
+from dsrnet.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = (2, 3, 4)
@@ -246,7 +248,7 @@ def test_interrupt_mid_pack_leaves_nothing(tree, tmp_path, monkeypatch, workers)
             raise KeyboardInterrupt
         return read_image(path)
 
-    monkeypatch.setattr(div2h5, "read_image", flaky_read)
+    monkeypatch.setattr(pack, "read_image", flaky_read)
     with pytest.raises(KeyboardInterrupt):
         pack_div2k(tree, out, workers=workers)
     assert out.read_bytes() == b"previous file"
@@ -348,13 +350,13 @@ def test_a_running_pack_holds_its_temp_file(tmp_path, monkeypatch):
     def read_and_clean(path):
         if not seen:
             [tmp] = tmp_path.glob(".pack.h5.*.tmp")
-            code = "import sys; from pathlib import Path; from dataset.div2h5 import _remove_stale_temps; " \
+            code = "import sys; from pathlib import Path; from dsrnet.data.pack import _remove_stale_temps; " \
                    "_remove_stale_temps(Path(sys.argv[1]))"
             subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, check=True, timeout=60)
             seen.append(tmp.exists())
         return read_image(path)
 
-    monkeypatch.setattr(div2h5, "read_image", read_and_clean)
+    monkeypatch.setattr(pack, "read_image", read_and_clean)
     pack_hr_folder(photos, out, scales=[2], workers=1)
     assert seen == [True]
     with h5py.File(out) as f:

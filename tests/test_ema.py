@@ -19,12 +19,12 @@ import pytest
 import torch
 
 import sample
-from dataset.imresize import imresize
-from dataset.io import write_image
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import write_image
 from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError
 from model import CheckpointError, Net, load_checkpoint, read_checkpoint
-from model.inference import bf16_supported
+from model.precision import bf16_supported
 from solver import Solver, parse_args
 from tools import ema_study_table
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from dataset.imresize import imresize
-from dataset.io import write_image
-from dataset.layouts import find_test_set
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import write_image
+from dsrnet.data.layouts import find_test_set
 from dsrnet.evaluation import evaluate_set, markdown_table
 from dsrnet.metrics import psnr_y
 
@@ -31,7 +31,7 @@ def test_every_image_scored_in_order(seven_images, workers, tmp_path):
 
 
 def test_scores_follow_metrics(seven_images):
-    from dataset.layouts import load_pair
+    from dsrnet.data.layouts import load_pair
 
     r = evaluate_set(lambda lr: imresize(lr, 2), seven_images, "Bicubic", shave=3)
     hr, lr = load_pair(seven_images, seven_images.pairs[0])

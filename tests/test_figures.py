@@ -135,7 +135,7 @@ def photos(tmp_path_factory) -> Path:
     """A two-image validation set named Photos (LR made by the MATLAB-style bicubic, cached in a temp folder)."""
     from skimage import data
 
-    from dataset.io import write_image
+    from dsrnet.data.images import write_image
 
     root = tmp_path_factory.mktemp("valid")
     write_image(root / "Photos" / "astronaut.png", data.astronaut()[40:136, 160:288])

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import sample
-from dataset.imresize import imresize
-from dataset.io import read_image, write_image
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import read_image, write_image
 from dsrnet.errors import InputError
 from model import GATE_MODES, Net, load_checkpoint, read_checkpoint
 from model.flops import count_flops, flops_per_lr_pixel, meta_net

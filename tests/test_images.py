@@ -12,10 +12,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dataset.div2h5 import pack_hr_folder
-from dataset.imresize import imresize
-from dataset.io import atomic_write_bytes, read_image, read_planes, write_image
-from dataset.layouts import find_test_set, load_pair
+from dsrnet.data.pack import pack_hr_folder
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import read_image, read_planes, write_image
+from dsrnet.files import atomic_write_bytes
+from dsrnet.data.layouts import find_test_set, load_pair
 from dsrnet.errors import InputError
 
 RNG = np.random.default_rng(0)

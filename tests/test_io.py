@@ -1,12 +1,17 @@
 """Image I/O and atomic writes: nothing half-written, ordinary permissions, one-line errors."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dataset.io import atomic_path, atomic_write_bytes, ensure_writable, read_image, write_image
+from dsrnet.data.images import read_image, write_image
+from dsrnet.files import atomic_path, atomic_write_bytes, ensure_writable
 from dsrnet.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_round_trip_and_grayscale(tmp_path):
@@ -53,3 +58,12 @@ def test_bad_images(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(InputError, match="bad.png"):
         read_image(tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("module", ["dsrnet.errors", "dsrnet.files"])
+def test_base_modules_load_no_torch(module):
+    """The base of the house (errors, atomic writes) must stay importable without torch's 1.5 s: a fresh
+    interpreter imports it and reports whether torch came along."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

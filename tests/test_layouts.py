@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dataset.imresize as imresize_mod
+import dsrnet.data.imresize as imresize_mod
 from conftest import need_set
-from dataset.imresize import imresize, modcrop
-from dataset.io import read_image, write_image
-from dataset.layouts import (
+from dsrnet.data.imresize import imresize, modcrop
+from dsrnet.data.images import read_image, write_image
+from dsrnet.data.layouts import (
     ImagePair,
     TestSet,
     cached_lr_path,

@@ -229,7 +229,8 @@ def test_default_inference_path_matches_eager(weights_x2, authors_sd):
 def test_memory_layouts_compute_the_same(weights_x2):
     """sample.py's layout choice (NCHW for float32 on CUDA, channels_last elsewhere) leaves the output as it
     is, and super_resolve feeds the net its own layout (a mismatch would make cuDNN run the other kernels)."""
-    from model.inference import fast_memory_format, memory_format_of, super_resolve
+    from model.inference import super_resolve
+    from model.precision import fast_memory_format, memory_format_of
 
     assert fast_memory_format("cuda") == torch.contiguous_format
     assert {fast_memory_format(d, p) for d, p in [("cpu", "fp32"), ("cpu", "bf16"), ("cuda", "tf32"),
@@ -245,7 +246,7 @@ def test_memory_layouts_compute_the_same(weights_x2):
 
 
 def test_cpu_bf16_check_reads_the_cpu_flags(tmp_path):
-    from model.inference import cpu_flags_have_bf16
+    from model.precision import cpu_flags_have_bf16
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n")
@@ -259,7 +260,7 @@ def test_cpu_bf16_check_reads_the_cpu_flags(tmp_path):
 def test_cpu_flags_agree_with_torchs_bf16_probe():
     from pathlib import Path
 
-    from model.inference import cpu_flags_have_bf16
+    from model.precision import cpu_flags_have_bf16
 
     if not Path("/proc/cpuinfo").is_file():
         pytest.skip("no /proc/cpuinfo on this system")

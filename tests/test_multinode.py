@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.imresize import imresize
+from dsrnet.data.imresize import imresize
 from dsrnet.distributed import init_distributed
 from dsrnet.errors import InputError
 

@@ -8,7 +8,8 @@ import onnx
 import pytest
 import torch
 
-from dsrnet.errors import USER_ERRORS, InputError
+from dsrnet.cli import USER_ERRORS
+from dsrnet.errors import InputError
 from model import Net, load_checkpoint
 from tools import export_onnx
 from tools.export_onnx import TOLERANCE, check, export

@@ -6,7 +6,7 @@ shows up) and the acceptance band around the paper's published value.
 import pytest
 
 import sample
-from model.inference import bf16_supported
+from model.precision import bf16_supported
 
 PAPER_X2 = {"Set5": (37.61, 0.9584), "Set14": (33.30, 0.9145), "BSD100": (31.96, 0.8965)}
 OURS_X2 = {"Set5": (37.4862, 0.9583), "Set14": (33.2808, 0.9148), "BSD100": (31.9229, 0.8966)}

@@ -11,11 +11,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import sample
 from conftest import need_set
-from dataset.io import read_image, write_image
+from dsrnet.data.images import read_image, write_image
 from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y, ssim_y
 from model import load_checkpoint
-from model.inference import super_resolve, tf32
+from model.inference import super_resolve
+from model.precision import tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 2

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 import sample
-from dataset.imresize import imresize
-from dataset.io import write_image
-from dataset.layouts import find_test_set
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import write_image
+from dsrnet.data.layouts import find_test_set
 from dsrnet.evaluation import evaluate_set
 from dsrnet.metrics import luma
 from model import Net, read_checkpoint

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.div2h5 import pack_hr_folder
-from dataset.io import atomic_write_bytes, stale_temps, write_image
-from dsrnet.errors import InputError, run_cli
+from dsrnet.data.pack import pack_hr_folder
+from dsrnet.data.images import write_image
+from dsrnet.files import atomic_write_bytes, stale_temps
+from dsrnet.cli import run_cli
+from dsrnet.errors import InputError
 from dsrnet.run_lock import LOCK_NAME, RunLock
 from model import Net, read_checkpoint
 from solver import Solver, parse_args
@@ -199,7 +201,8 @@ def test_a_worker_killed_by_the_oom_killer_ends_in_one_line(pack, tmp_path):
 
 LINGERING_WORKER = """
 import multiprocessing, signal, sys, time
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import run_cli
+from dsrnet.errors import InputError
 
 def worker():  # as a DataLoader worker: deaf to SIGTERM, and it may still write after its parent has failed
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

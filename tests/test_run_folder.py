@@ -24,8 +24,8 @@ import torch
 
 import dsrnet.checkpoints as checkpoints
 import solver as solver_module
-from dataset.imresize import imresize
-from dataset.io import write_image
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import write_image
 from dsrnet.errors import InputError
 from model import read_checkpoint
 from solver import Solver, parse_args
@@ -78,7 +78,7 @@ def make(pack: Path, ckpt_dir: Path, *args: str) -> Solver:
 def cli(pack: Path, ckpt_dir: Path, *args: str, code: str | None = None) -> subprocess.CompletedProcess:
     """``x2/train.py`` with the tiny settings, or ``code`` run before the same training in the same process."""
     argv = ["--train_data_path", str(pack), "--ckpt_dir", str(ckpt_dir), *TINY, *args]
-    run = ("from dsrnet.errors import run_cli\nfrom solver import Solver, parse_args\n"
+    run = ("from dsrnet.cli import run_cli\nfrom solver import Solver, parse_args\n"
            f"run_cli(lambda: Solver(parse_args({argv!r})).fit())\n")
     command = ([sys.executable, "-c", textwrap.dedent(code) + run] if code
                else [sys.executable, str(ROOT / "x2" / "train.py"), *argv])

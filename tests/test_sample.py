@@ -11,11 +11,13 @@ import pytest
 import torch
 
 import sample
-from dataset.io import read_image, write_image
-from dsrnet.errors import USER_ERRORS, InputError
+from dsrnet.data.images import read_image, write_image
+from dsrnet.cli import USER_ERRORS
+from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y
 from model import Net, load_checkpoint
-from model.inference import super_resolve, tf32
+from model.inference import super_resolve
+from model.precision import tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import sample
-from dataset.imresize import imresize
-from dataset.io import read_planes, write_image
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import read_planes, write_image
 from dsrnet.errors import InputError
 from dsrnet.metrics import luma, to_uint8
 from model import Net, load_checkpoint
@@ -165,7 +165,7 @@ def test_full_disk_is_one_line(weights_x2, photo, tmp_path):
     code = ("import errno, os, pathlib, sys\n"
             "def full(self, data): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
             "pathlib.Path.write_bytes = full\n"
-            "import sample\nfrom dsrnet.errors import run_cli\n"
+            "import sample\nfrom dsrnet.cli import run_cli\n"
             "run_cli(lambda: sample.main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", code, "--ckpt_path", str(weights_x2), "--input", str(photo),
                            "--output", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)

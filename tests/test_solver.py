@@ -22,14 +22,15 @@ import pytest
 import torch
 
 import sample
+import dsrnet.upscale as upscale_module
 import solver as solver_module
-from dataset.imresize import imresize
-from dataset.io import write_image
-from dataset.train_data import StepSampler
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import write_image
+from dsrnet.data.train_data import StepSampler
 from dsrnet.errors import InputError
 from dsrnet.rng import capture_rng_states, restore_rng_states
 from model import load_checkpoint, read_checkpoint
-from model.inference import bf16_supported
+from model.precision import bf16_supported
 from solver import Solver, get_lr, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,8 +155,8 @@ def test_validation_runs_in_ieee_float32_and_restores_tf32(data, tmp_path, monke
     s = make(data, tmp_path / "ck", "--valid_data_dir", str(data["valid"]))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # PyTorch's default; restored afterwards
     seen = []
-    real = solver_module.super_resolve
-    monkeypatch.setattr(solver_module, "super_resolve",
+    real = upscale_module.super_resolve
+    monkeypatch.setattr(upscale_module, "super_resolve",
                         lambda *a, **k: seen.append(torch.backends.cudnn.allow_tf32) or real(*a, **k))
     assert s.validate(0)["Tiny_x2_psnr"] > 0
     assert seen == [False, False] and torch.backends.cudnn.allow_tf32 is True
@@ -167,8 +168,8 @@ def test_validation_uses_sample_layout_without_touching_the_training_net(data, t
     channels_last = s.validate(0)
     monkeypatch.setattr(solver_module, "fast_memory_format", lambda device: torch.contiguous_format)  # as on CUDA
     seen = []
-    real = solver_module.super_resolve
-    monkeypatch.setattr(solver_module, "super_resolve",
+    real = upscale_module.super_resolve
+    monkeypatch.setattr(upscale_module, "super_resolve",
                         lambda net, *a, **k: seen.append(solver_module.memory_format_of(net)) or real(net, *a, **k))
     nchw = s.validate(0)
     assert seen == [torch.contiguous_format] * 2

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dataset.io import read_image
+from dsrnet.data.images import read_image
 from model import Net, load_checkpoint
 from model.inference import RECEPTIVE_RADIUS, super_resolve
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dataset.div2h5 import pack_hr_folder
-from dataset.imresize import imresize
-from dataset.train_data import TrainDataset
+from dsrnet.data.pack import pack_hr_folder
+from dsrnet.data.imresize import imresize
+from dsrnet.data.train_data import TrainDataset
 from dsrnet.errors import InputError
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from skimage import data
 
 import sample
-from dataset.io import write_image
+from dsrnet.data.images import write_image
 from dsrnet.errors import InputError
 from model import Net
 from tools import visualize

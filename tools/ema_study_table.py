@@ -15,7 +15,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import run_cli
+from dsrnet.errors import InputError
 
 SETS = ("Set5", "Set14")
 NAME = re.compile(r"(?P<prefix>[a-z]+)_ema(?P<decay>\d+)_s(?P<seed>\d+)_(?P<weights>ema|raw)")

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from dataset.io import atomic_path
+from dsrnet.files import atomic_path
 from dsrnet import AUTHORS_WEIGHTS
-from dsrnet.cli import HelpFormatter
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.errors import InputError
 
 REPOSITORY = "hellloxiaotian/DSRNet"
 COMMIT = "01b6ad9cab6ab1aa26ae0a268341947567b9fac5"

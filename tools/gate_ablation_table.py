@@ -13,7 +13,8 @@ import re
 import statistics
 from pathlib import Path
 
-from dsrnet.errors import InputError, run_cli
+from dsrnet.cli import run_cli
+from dsrnet.errors import InputError
 
 SETS = ("Set5", "Set14", "BSD100")
 

@@ -32,11 +32,12 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from matplotlib.patches import Rectangle
 
-from dataset.imresize import imresize
-from dataset.io import atomic_write_bytes, read_image
-from dataset.layouts import TestSet, find_test_set, load_pair
-from dsrnet.cli import HelpFormatter
-from dsrnet.errors import InputError, run_cli
+from dsrnet.data.imresize import imresize
+from dsrnet.data.images import read_image
+from dsrnet.files import atomic_write_bytes
+from dsrnet.data.layouts import TestSet, find_test_set, load_pair
+from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, method_sr_folder, per_image_csv_beside, sr_image_path
 from dsrnet.metrics import rgb_to_y
 from model import CheckpointError, read_checkpoint

@@ -22,9 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import model.dsrnet as dsrnet
-from dataset.io import ensure_writable
-from dsrnet.cli import HelpFormatter
-from dsrnet.errors import InputError, run_cli
+from dsrnet.files import ensure_writable
+from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model import load_checkpoint
 from model.inference import image_to_tensor

@@ -1,4 +1,4 @@
-"""What durability costs: saving a real training checkpoint with and without the fsyncs of dataset/io.py.
+"""What durability costs: saving a real training checkpoint with and without the fsyncs of dsrnet/files.py.
 
     python -m tools.benchmarks.checkpoint_save --dir checkpoint --repeats 15
 
@@ -19,11 +19,10 @@ from unittest import mock
 
 import torch
 
-from dataset.io import ensure_writable
+from dsrnet.files import ensure_writable
 from dsrnet.checkpoints import save_checkpoint
-from dsrnet.cli import HelpFormatter
+from dsrnet.cli import HelpFormatter, run_cli
 from tools.benchmarks.report import require_at_least
-from dsrnet.errors import run_cli
 from dsrnet.rng import capture_rng_states
 from model import Net
 

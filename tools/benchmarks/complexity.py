@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from dataset.io import atomic_write_bytes, ensure_writable
-from dsrnet.cli import HelpFormatter, pick_device
-from dsrnet.errors import InputError, run_cli
+from dsrnet.files import atomic_write_bytes, ensure_writable
+from dsrnet.cli import HelpFormatter, pick_device, run_cli
+from dsrnet.errors import InputError
 from dsrnet.provenance import environment, git_description
 from model import SCALES, Net, file_sha256, load_checkpoint, read_checkpoint, scale_name
 from model.flops import count_flops, meta_net
-from model.inference import bf16_supported, fast_memory_format, memory_format_of, set_tf32
+from model.precision import bf16_supported, fast_memory_format, memory_format_of, set_tf32
 from tools.benchmarks.report import WEIGHTS_CANDIDATES, require_at_least
 from tools.benchmarks.timing import interleaved
 

@@ -26,21 +26,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dataset.io import ensure_writable
-from dsrnet.cli import HelpFormatter, pick_device
-from dsrnet.errors import InputError, run_cli
+import sample
+from dsrnet.data.layouts import find_test_set, load_pair
+from dsrnet.evaluation import require_scorable
+from dsrnet.files import ensure_writable
+from dsrnet.metrics import psnr_y, ssim_y, to_uint8
+from dsrnet.cli import HelpFormatter, pick_device, run_cli
+from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model import load_checkpoint, read_checkpoint, scale_name
 from model.dsrnet import Net, is_authors_state_dict
-from model.inference import (
-    bf16_supported,
-    fast_memory_format,
-    image_to_tensor,
-    memory_format_of,
-    set_tf32,
-    super_resolve,
-    tf32,
-)
+from model.inference import image_to_tensor, super_resolve
+from model.precision import bf16_supported, fast_memory_format, memory_format_of, set_tf32, tf32
 from model.reference import reference_forward
 from tools.benchmarks.complexity import count_flops, meta_net
 from tools.benchmarks.report import WEIGHTS_CANDIDATES, cpu_flags_line, printed_to, provenance, require_at_least
@@ -200,9 +197,6 @@ def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float
     (with our metric functions, which give their numbers). Autograd follows ``net_raw``, as in theirs."""
     from PIL import Image
 
-    from dataset.layouts import load_pair
-    from dsrnet.evaluation import require_scorable
-    from dsrnet.metrics import psnr_y, ssim_y, to_uint8
 
     scores = []
     for ts, pair in pairs:
@@ -219,9 +213,6 @@ def authors_loop(net_raw: dict, pairs, out: Path, device: torch.device) -> float
 
 def end_to_end(cfg: argparse.Namespace, weights: Path, raw: dict[str, torch.Tensor], device: torch.device) -> None:
     import tempfile
-
-    import sample
-    from dataset.layouts import find_test_set, load_pair
 
     ts = find_test_set(cfg.end_to_end, 2)
     pairs = [(ts, p) for p in ts.pairs]

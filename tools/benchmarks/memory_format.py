@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from dataset.io import ensure_writable
-from dsrnet.cli import HelpFormatter, pick_device
-from dsrnet.errors import InputError, run_cli
+from dsrnet.files import ensure_writable
+from dsrnet.cli import HelpFormatter, pick_device, run_cli
+from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model.dsrnet import SCALES, Net
-from model.inference import bf16_supported, tf32
+from model.precision import bf16_supported, tf32
 from tools.benchmarks.report import printed_to, provenance, require_at_least
 from tools.benchmarks.timing import interleaved
 

@@ -12,7 +12,7 @@ from typing import Iterator, TextIO
 
 import torch
 
-from dataset.io import atomic_write_bytes
+from dsrnet.files import atomic_write_bytes
 from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.errors import InputError
 from dsrnet.provenance import git_description

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dataset.io import ensure_writable
-from dataset.train_data import TrainDataset
-from dsrnet.cli import HelpFormatter
-from dsrnet.errors import InputError, run_cli
+from dsrnet.files import ensure_writable
+from dsrnet.data.train_data import TrainDataset
+from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model import SCALES, Net
-from model.inference import bf16_supported
+from model.precision import bf16_supported
 from solver import Solver, parse_args
 from tools.benchmarks.report import printed_to, provenance, require_at_least
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.io import IMAGE_EXTENSIONS, images_in, is_image, read_image, write_image
+from dsrnet.data import imresize as _resize  # attribute access at call time: tests may patch it
+from dsrnet.data.images import IMAGE_EXTENSIONS, images_in, is_image, read_image, write_image
 from dsrnet.errors import InputError
 
 __all__ = [
@@ -355,8 +356,6 @@ def load_pair(test_set: TestSet, pair: ImagePair,
     sets the LR is MATLAB-bicubic ``imresize(hr, 1/scale)``, cached under ``cache_dir``
     (default ``default_cache_dir()``) because making it is slow for big images.
     """
-    from dataset import imresize as _resize  # attribute access at call time: tests may patch it
-
     s = test_set.scale
     if pair.hr is None:
         raise ValueError(f"pair {pair.name!r} has no HR image; use list_input_images for HR-less inference")

@@ -1,0 +1,138 @@
+"""Atomic file writes: a file is either whole under its final name or absent, and a write that cannot
+happen fails before the long work that would produce it. The one place that writes files; torch-free."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from dsrnet.errors import DISK_FULL, InputError
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp file beside ``path`` to write; it replaces ``path`` only if the block succeeds.
+
+    The file gets the usual umask permissions (mkstemp's are owner-only); on any error or Ctrl-C
+    the temp file is removed, so no half-written output is ever left behind. The data is fsynced
+    before the rename and the folder after it, so a power loss cannot leave an empty file under
+    the final name. A full disk (or quota) ends as an InputError, whether the block or the sync hit it.
+    """
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise _unwritable(path, err) from None
+        _fsync_folder(path.parent)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise _unwritable(path, err) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def ensure_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after a long run, when ``path`` cannot be written (a folder, under a file, read-only).
+
+    Creates nothing: missing folders are made when the file is written, and the probe is a temp file in
+    the nearest folder that exists, gone at once (asking the OS for permissions would pass /proc as root).
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise InputError(f"cannot write {path}: it is a folder; name a file")
+        nearest = path.parent
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
+        if not nearest.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as err:
+        raise _unwritable(path, err) from None
+
+
+def ensure_writable_folder(folder: str | os.PathLike, what: str, flag: str) -> None:
+    """Create ``folder`` and fail now, naming ``flag``, when ``what`` (e.g. checkpoints) cannot be written in it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write {what} to {folder} ({err.strerror or err}): "
+                         f"pass a writable {flag}") from None
+
+
+def _temp_beside(path: Path) -> Path:
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _unwritable(path, err) from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def _unwritable(path: Path, err: OSError) -> InputError:
+    if err.errno in DISK_FULL:  # the OS's words: HDF5's own message runs over several lines
+        return InputError(f"cannot write {path}: the disk is full ({os.strerror(err.errno)}); free space there "
+                          "or choose another location")
+    return InputError(f"cannot write {path} ({' '.join(str(err.strerror or err).split())}): choose a writable "
+                      "location")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)  # Windows syncs only a writable handle
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable. Skipped where a folder cannot be opened (Windows) or synced
+    (some network and FUSE file systems refuse it): the file's own data is synced already."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
+
+
+def stale_temps(folder: str | os.PathLike, name_pattern: str) -> list[Path]:
+    """Temp files :func:`atomic_path` left in ``folder`` when its process was killed mid-write, for final
+    names matching the regex ``name_pattern``. Remove them only while no other process can be writing
+    such a name (a training run holds its folder's lock)."""
+    found = re.compile(rf"\.(?:{name_pattern})\.[a-z0-9_]{{8}}\.tmp")
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if found.fullmatch(p.name) and p.is_file()) if folder.is_dir() else []
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

@@ -1,0 +1,108 @@
+"""Imports run one way: model/ <- dsrnet/ <- entry points <- tools/ and demo.py (docs/contributing.md).
+
+Every tracked .py file's imports are read with ``ast``, those inside functions included, and each arrow
+between parts of the project is checked against the layer it leaves and the layer it enters. Outside the
+tests, a project module is imported at the top of the file only: an import inside a function hides an arrow.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = {"solver", "sample", "dataset.div2h5", "x2.train", "x3.train", "x4.train"}
+# What each layer may import of the project (besides itself).
+ALLOWED = {
+    "model": set(),
+    "dsrnet": {"model"},
+    "dataset": set(),  # the data folder's package: only div2h5.py, an entry point, holds code
+    "entry": {"model", "dsrnet", "entry"},  # x2|x3|x4/train.py run solver.py
+    "app": {"model", "dsrnet", "entry", "app"},  # tools/ and demo.py: the top
+    "tests": {"model", "dsrnet", "dataset", "entry", "app"},
+}
+
+
+def _module(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> str | None:
+    """The layer of a project module (or of the package a dotted name starts with); None outside the project."""
+    top = module.split(".")[0]
+    if module in ENTRY_POINTS or any(module.startswith(e + ".") for e in ENTRY_POINTS):
+        return "entry"
+    if top in ("model", "dsrnet", "dataset", "tests"):
+        return top
+    if top in ("tools", "demo"):
+        return "app"
+    return None
+
+
+def _imports(tree: ast.Module) -> list[tuple[str, int, bool]]:
+    """(module imported, line, whether inside a function or class) for every import statement."""
+    found = []
+
+    def visit(node: ast.AST, nested: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                found.extend((a.name, child.lineno, nested) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                # `from dsrnet.data import imresize` names a module too: check the longest name that is one
+                found.extend((f"{child.module}.{a.name}", child.lineno, nested) for a in child.names)
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def _project_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [ROOT / name for name in listed.stdout.split()]
+
+
+def violations(files: list[Path], root: Path = ROOT) -> list[str]:
+    problems = []
+    for path in files:
+        source = _module(path, root)
+        layer = _layer(source)
+        if layer is None:
+            continue
+        for target, line, nested in _imports(ast.parse(path.read_text(), str(path))):
+            to = _layer(target)
+            if to is None or target.split(".")[0] == "__future__":
+                continue
+            where = f"{path.relative_to(root)}:{line} imports {target}"
+            if to != layer and to not in ALLOWED[layer]:
+                problems.append(f"{where}: {layer} must not import {to}")
+            if nested and layer != "tests":
+                problems.append(f"{where} inside a function: import project modules at the top")
+    return problems
+
+
+def test_every_import_runs_down():
+    files = _project_files()
+    assert len(files) > 50 and any(p.name == "solver.py" for p in files)
+    assert violations(files) == []
+
+
+@pytest.mark.parametrize("layer_file, line, problem", [
+    ("model/ops.py", "from dsrnet.errors import InputError", "model must not import dsrnet"),
+    ("dsrnet/metrics.py", "from dataset.div2h5 import main", "dsrnet must not import entry"),
+    ("dsrnet/metrics.py", "import solver", "dsrnet must not import entry"),
+    ("dsrnet/metrics.py", "from tools import visualize", "dsrnet must not import app"),
+    ("sample.py", "import demo", "entry must not import app"),
+    ("dataset/__init__.py", "from dsrnet.errors import InputError", "dataset must not import dsrnet"),
+    ("dsrnet/metrics.py", "def f():\n    from model import Net", "inside a function"),
+])
+def test_the_check_catches_an_arrow_up(tmp_path, layer_file, line, problem):
+    """Each rule fails on a file that breaks it: the real file with one import added."""
+    copy = tmp_path / layer_file
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text((ROOT / layer_file).read_text() + "\n\n" + line + "\n")
+    found = violations([copy], tmp_path)
+    assert len(found) == 1 and problem in found[0], found
