@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The EMA study of results/ema_study.md (issue 23): x2 fine-tuning from the authors' weights and x2 training
+# The EMA study of results/ema_study.md: x2 fine-tuning from the authors' weights and x2 training
 # from scratch, each with --ema 0.999 and --ema 0.99, then every final checkpoint on Set5/Set14 with its
 # averaged weights and with its raw ones. EMA does not change the training trajectory (the average is never fed
 # back), so the raw weights of either run are the "no EMA" result of that seed: one pair of runs per seed
