@@ -3,6 +3,9 @@ found where CI keeps it or where a user following the README put it, and skipped
 from __future__ import annotations
 
 import os
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -105,3 +108,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torchrun():
+    """``run(script, dump, *args)``: ``script`` under torchrun as two CPU ranks (gloo) that may write to ``dump``
+    (made here, named by $DUMP), with the repository importable."""
+    def run(script: Path, dump: Path, *args: str) -> subprocess.CompletedProcess:
+        dump.mkdir()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "DUMP": str(dump), "OMP_NUM_THREADS": "1",
+               "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                               "2", str(script), *args], capture_output=True, text=True, env=env, timeout=240)
+    return run

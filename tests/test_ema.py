@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -243,15 +240,8 @@ torch.save(solver.ema.state_dict(), os.path.join(os.environ["DUMP"], "rank%s.pt"
 """
 
 
-def torchrun(script: Path, dump: Path, *args: str) -> subprocess.CompletedProcess:
-    dump.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DUMP": str(dump), "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *args], capture_output=True, text=True, env=env, timeout=240)
 
-
-def test_ddp_ranks_hold_the_same_average_and_resume_exactly(pack, tmp_path):
+def test_ddp_ranks_hold_the_same_average_and_resume_exactly(pack, tmp_path, torchrun):
     """gloo, 2 ranks x 1 sample: straight to step 4, then resumed from step 2 (the straight step 4 is set aside)."""
     script = tmp_path / "ddp_ema.py"
     script.write_text(DDP_SCRIPT)

@@ -362,15 +362,8 @@ torch.save({"model": solver.net.state_dict(), "branches": dict(solver.net.wide_e
 """
 
 
-def torchrun(script: Path, dump: Path, *args: str) -> subprocess.CompletedProcess:
-    dump.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DUMP": str(dump), "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *args], capture_output=True, text=True, env=env, timeout=240)
 
-
-def test_ddp_two_cpu_ranks_stay_in_sync_and_resume_exactly(data, tmp_path):
+def test_ddp_two_cpu_ranks_stay_in_sync_and_resume_exactly(data, tmp_path, torchrun):
     """gloo, 2 ranks x batch 2. Rank 1 is made to vote 'selected' at every step while rank 0's sampled
     gate alone picks 'fixed' (at all 8 steps with this seed): the shared vote must make both run 'selected'."""
     script = tmp_path / "ddp_train.py"
