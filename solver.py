@@ -251,7 +251,7 @@ def group_names(net: Net, gate: str) -> list[list[str]]:
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     if gate != "learned":
         return [names]
-    in_gate = [n.startswith("wide_enhancement.gate.") for n in names]
+    in_gate = [n in net.gate_parameter_names() for n in names]
     return [[n for n, g in zip(names, in_gate) if not g], [n for n, g in zip(names, in_gate) if g]]
 
 
@@ -265,14 +265,14 @@ def set_schedules(optim: torch.optim.Optimizer, net: Net, cfg: argparse.Namespac
     lr = get_lr(step, cfg.lr, cfg.decay)
     for group, mult in zip(optim.param_groups, (1.0, cfg.gate_lr_mult)):
         group["lr"] = lr * mult
-    net.wide_enhancement.gate_tau = get_gate_tau(step, cfg.gate_tau, cfg.gate_tau_min, cfg.decay)
+    net.router.tau = get_gate_tau(step, cfg.gate_tau, cfg.gate_tau_min, cfg.decay)
     return lr
 
 
 def compute_penalty(net: Net, weight: float) -> torch.Tensor:
     """``weight`` times the share of the last training batch the learned gate sent to the costlier 'fixed'
     branch, with the straight-through gradient of that choice."""
-    return weight * net.wide_enhancement.route[:, 1].mean()
+    return weight * net.router.penalty()
 
 
 def routing_row(net: Net, gate: str) -> dict[str, float]:
@@ -280,10 +280,7 @@ def routing_row(net: Net, gate: str) -> dict[str, float]:
     previous row (whose count then restarts); nothing for the other gates."""
     if gate != "learned":
         return {}
-    routed = net.wide_enhancement.routed
-    share = routed["fixed"] / max(1, routed["fixed"] + routed["selected"])
-    routed.clear()
-    return {"fixed_share": share}
+    return {"fixed_share": net.router.take_fixed_share()}
 
 
 def check_amp(amp: str | None, device: torch.device) -> None:
@@ -352,12 +349,10 @@ def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argp
     """
     scores = {}
     net.eval()
-    routed = net.wide_enhancement.routed.copy()  # the training log's count, kept across validation
-    net.set_gate("learned" if cfg.gate == "learned" else "selected")
-    layout = fast_memory_format(device)  # on a GPU, float32 runs NCHW: a copy, not the training net
-    scored = net if layout == memory_format_of(net) else copy.deepcopy(net).to(memory_format=layout)
-    try:
-        with tf32(False):
+    try:  # the training gate's noise stream and the training log's routing count are kept across validation
+        with net.router.evaluating("learned" if cfg.gate == "learned" else "selected"), tf32(False):
+            layout = fast_memory_format(device)  # on a GPU, float32 runs NCHW: a copy, not the training net
+            scored = net if layout == memory_format_of(net) else copy.deepcopy(net).to(memory_format=layout)
             for ts in valid_sets:
                 upscale = network_method(scored, ts.scale, device)
                 save = (Path(cfg.sample_dir) / cfg.ckpt_name / str(step) / ts.name / f"x{ts.scale}"
@@ -366,8 +361,6 @@ def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argp
                 scores[f"{ts.name}_x{ts.scale}_psnr"] = result.psnr
                 scores[f"{ts.name}_x{ts.scale}_ssim"] = result.ssim
     finally:
-        net.set_gate(cfg.gate)  # no seed: the training gate's noise stream continues
-        net.wide_enhancement.routed.update(routed)
         net.train()
     return scores
 

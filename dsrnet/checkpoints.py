@@ -104,10 +104,9 @@ def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: tor
         "train_state": {
             "optimizer": optim.state_dict(),
             "grad_scaler": scaler.state_dict(),
-            "gate_generator": net.wide_enhancement.gate_generator.get_state(),
             "rng": capture_rng_states(),
             "loss_sum": loss_sum, "loss_count": loss_count,  # the open log interval
-            "routed": dict(net.wide_enhancement.routed),  # and its learned-gate routing count
+            **net.router.state(),  # gate noise, and the open interval's learned-gate routing count
             "world_size": world,
             "train_data": train_data,
             "pending_row": pending_row,
@@ -168,9 +167,8 @@ def restore_training_state(path: Path, ckpt: dict, net: Net, optim: torch.optim.
         optim.load_state_dict(regroup(state["optimizer"]) if regroup else state["optimizer"])
         if state["grad_scaler"] and scaler.is_enabled():
             scaler.load_state_dict(state["grad_scaler"])
-        net.wide_enhancement.gate_generator.set_state(state["gate_generator"])
+        net.router.load_state(state)
         restore_rng_states(state["rng"])
-        net.wide_enhancement.routed.update(state.get("routed", {}))
         return int(ckpt["step"]), state["loss_sum"], state["loss_count"]
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"cannot resume {path}: its training state is damaged ({type(err).__name__}: "

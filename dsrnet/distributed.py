@@ -82,14 +82,14 @@ def mean_loss_and_stop_signal(loss: torch.Tensor, signals: list[int], world: int
 
 def wrap_for_ranks(net: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
     """The module the training step calls: ``net`` itself, or under torchrun a DDP wrapper whose ranks
-    share the gate's vote (the net's attribute ``wide_enhancement.combine_votes``); with the learned gate,
+    share the gate's vote (the router's ``combine_votes``); with the learned gate,
     which routes each sample alone, each rank instead draws its rows of the global batch's gate noise."""
     if world == 1:
         return net
     if net.gate_mode == "learned":  # each sample routes itself: no vote; noise drawn for the global batch
-        net.wide_enhancement.noise_shard = (dist.get_rank(), world)
+        net.router.noise_shard = (dist.get_rank(), world)
     else:
-        net.wide_enhancement.combine_votes = vote_across_ranks(device)
+        net.router.combine_votes = vote_across_ranks(device)
     # conv9/conv10 never get gradients, nor (outside 'learned') the detached gate and the branch not run.
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=True)

@@ -108,10 +108,10 @@ def evaluate_routed(upscale: Upscaler, net: Net, test_set: TestSet, method: str,
     """:func:`evaluate_set` for a DSRNet upscaler, adding how often each branch ran (``gate_branches``), each
     image's branch and GFLOPs, and the branch counts over the images (``branches``); ``passes`` forwards
     make one image (8 with self-ensemble)."""
-    net.wide_enhancement.branch_counts.clear()
+    net.router.branch_counts.clear()
     routed = RoutedUpscaler(upscale, net, test_set.scale, passes)
     result = _score_set(routed, test_set, method, shave, save_dir, workers, progress, round_y)
-    result.gate_branches = dict(net.wide_enhancement.branch_counts)
+    result.gate_branches = dict(net.router.branch_counts)
     routed.attach(result)
     if save_dir is not None:  # once the branches are known
         write_per_image_csv(save_dir / "per_image.csv", [result])
@@ -202,7 +202,7 @@ class RoutedUpscaler:
     """
 
     def __init__(self, upscale: Upscaler, net: Net, scale: int, passes: int = 1):
-        self.upscale, self.routed, self.passes = upscale, net.wide_enhancement.routed, passes
+        self.upscale, self.routed, self.passes = upscale, net.router.routed, passes
         group = upsampler_groups(net)
         self.per_pixel = {b: flops_per_lr_pixel(scale, b, net.multi_scale, group) for b in ("selected", "fixed")}
         self.images: list[tuple[str, float]] = []

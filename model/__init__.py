@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from model.dsrnet import GATE_MODES, SCALES, Net, checkpoint_filter_fn, infer_scale, is_authors_state_dict
+from model.dsrnet import SCALES, Net, checkpoint_filter_fn, infer_scale, is_authors_state_dict
 from model.precision import fast_memory_format
+from model.routing import GATE_MODES, GateRouter
 
-__all__ = ["CheckpointError", "Net", "GATE_MODES", "SCALES", "held_weights", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
+__all__ = ["CheckpointError", "Net", "GATE_MODES", "GateRouter", "SCALES", "held_weights", "load_checkpoint", "read_checkpoint", "file_sha256", "scale_name"]
 
 
 class CheckpointError(ValueError):

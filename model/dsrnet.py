@@ -16,30 +16,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from model.ops import ConvReLUChain, MeanShift, Upsampler, conv
+from model.routing import GateRouter
 
 FEATURES = 64
 SCALES = (2, 3, 4)
-
-# How the wide enhancement block chooses its branch.
-#   selected: always the 3x3/1x1 "selected" branch. Deterministic, and what the released weights were
-#             trained with: the authors' batch-64 rule almost never routes a whole batch to "fixed".
-#   fixed:    always the all-3x3 "fixed" branch (barely trained; for study only).
-#   sample:   the authors' behaviour: hard Gumbel-softmax per sample, "fixed" only when every sample
-#             of the batch chose it. Seeded through the net's own generator, hence reproducible.
-#   argmax:   the gate's noise-free decision, batch-wide like "sample".
-#   learned:  not the authors': each sample routes itself. In training a hard Gumbel-softmax with a
-#             straight-through gradient (the gate learns); in eval mode the noise-free argmax per image,
-#             running only the branch each image chose.
-GATE_MODES = ("selected", "fixed", "sample", "argmax", "learned")
 
 
 def _relu_conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +72,10 @@ class ResidualEnhancement(nn.Module):
 
 
 class WideEnhancement(nn.Module):
-    """conv5-conv6, then an upper path (conv7, conv8 x3) plus one gated branch, summed."""
+    """conv5-conv6, then an upper path (conv7, conv8 x3) plus one gated branch, summed.
+
+    The gate computes logits; its router (:class:`model.routing.GateRouter`) decides which branch runs.
+    """
 
     def __init__(self, features: int = FEATURES, gate_mode: str = "selected", gate_seed: int = 0):
         super().__init__()
@@ -101,111 +90,51 @@ class WideEnhancement(nn.Module):
         self.gate = Gate(features)
         self.fixed_branch = ConvReLUChain(features, (3, 3, 3, 3))
         self.selected_branch = ConvReLUChain(features, (3, 1, 3, 1))
-        self.gate_generator = torch.Generator()
-        # Under DDP each rank sees a shard of the batch; the solver installs an all-reduce here so
-        # that the batch-wide decision covers the global batch and every rank runs the same branch.
-        self.combine_votes: Callable[[bool], bool] | None = None
-        # 'learned' only: the Gumbel-softmax temperature (the solver anneals it; the forward pass does not
-        # depend on it, only the gate's gradient does), this rank's share of the global batch, so that sample
-        # k draws the same noise whatever the number of DDP ranks, and a decision imposed on every sample
-        # (model.inference routes a tiled image as a whole).
-        self.gate_tau = 1.0
-        self.noise_shard = (0, 1)
-        self.forced: str | None = None
-        self.route: torch.Tensor | None = None  # the last learned training forward's straight-through one-hot
-        self.set_gate(gate_mode, gate_seed)
-
-    def set_gate(self, mode: str, seed: int | None = None) -> None:
-        """Choose the gate mode; ``seed`` restarts the Gumbel noise of the 'sample' mode."""
-        if mode not in GATE_MODES:
-            raise ValueError(f"unknown gate mode {mode!r}; choose one of {', '.join(GATE_MODES)}")
-        self.gate_mode = mode
-        if seed is not None:
-            self.gate_generator.manual_seed(seed)
-        self.branch_counts: Counter[str] = Counter()  # forwards that ran each branch (a batch counts once)
-        self.routed: Counter[str] = Counter()  # samples routed to each branch
+        self.router = GateRouter(gate_mode, gate_seed)
 
     def choose_branch(self, x6: torch.Tensor) -> str:
-        """One decision for the whole batch, as the authors' `all samples chose index 1` rule."""
-        if self.gate_mode in ("selected", "fixed"):
-            return self.gate_mode
-        with torch.no_grad():  # the authors' gate is detached: it never receives a gradient
-            logits = self.gate(x6).float().cpu()
-        if self.gate_mode == "sample":
-            u = torch.empty(logits.shape).exponential_(generator=self.gate_generator)
-            logits = logits - u.log()  # + Gumbel(0, 1); a hard Gumbel-softmax is its argmax
-        fixed = bool((logits.argmax(dim=1) == 1).all())
-        if self.combine_votes is not None:
-            fixed = self.combine_votes(fixed)
-        return "fixed" if fixed else "selected"
+        """One branch for the whole batch (every mode but 'learned'): the router decides, from the gate's
+        logits where its mode reads them."""
+        logits = None
+        if self.router.reads_gate:
+            with torch.no_grad():  # the authors' gate is detached: it never receives a gradient
+                logits = self.gate(x6)
+        return self.router.batch_choice(logits)
 
     def gate_logits(self, x6: torch.Tensor) -> torch.Tensor:
         """The gate's float32 logits, outside autocast: a bf16 gate could flip near-tied decisions."""
         with torch.autocast(x6.device.type, enabled=False):
             return self.gate(x6.float())
 
-    def learned_route(self, x6: torch.Tensor) -> torch.Tensor:
-        """Per-sample one-hot (N x 2, float32) of the learned gate.
-
-        Training: hard Gumbel-softmax at temperature ``gate_tau`` whose gradient is the soft sample's
-        (straight-through); ``hard + (soft - soft.detach())`` is exactly 0 or 1 in the forward pass, so
-        each sample's output is exactly its branch's. Eval: the noise-free argmax, no gradient.
-        """
-        logits = self.gate_logits(x6)
-        if not self.training:
-            return F.one_hot(logits.argmax(dim=1), 2).float()
-        rank, world = self.noise_shard
-        n = logits.shape[0]
-        u = torch.empty(n * world, 2).exponential_(generator=self.gate_generator)[rank * n:(rank + 1) * n]
-        soft = F.softmax((logits - u.log().to(logits.device)) / self.gate_tau, dim=1)
-        hard = F.one_hot(soft.argmax(dim=1), 2).to(soft.dtype)
-        return hard + (soft - soft.detach())
-
-    @contextmanager
-    def force(self, branch: str) -> Iterator[None]:
-        """Route every sample of the learned gate to ``branch`` inside the block."""
-        self.forced = branch
-        try:
-            yield
-        finally:
-            self.forced = None
+    def _branch(self, choice: str) -> nn.Module:
+        return self.fixed_branch if choice == "fixed" else self.selected_branch
 
     def _learned(self, x6: torch.Tensor) -> torch.Tensor:
         """The branches' output with per-sample routing: both branches mixed by the one-hot in training (so
         the gate gets a gradient), and in eval each branch run only on the samples that chose it."""
-        if self.forced is not None:
-            self._count(self.forced, x6.shape[0])
-            return (self.fixed_branch if self.forced == "fixed" else self.selected_branch)(x6)
-        route = self.learned_route(x6)
+        router = self.router
+        if router.forced is not None:
+            router.count(router.forced, x6.shape[0])
+            return self._branch(router.forced)(x6)
+        route = router.learned_route(self.gate_logits(x6), self.training)
         picks = route.detach().argmax(dim=1)
         if self.training:
-            self.route = route
-            self._count_routes(int(picks.sum()), picks.numel())
+            router.count_routes(int(picks.sum()), picks.numel())
             w = route.to(x6.dtype).view(-1, 2, 1, 1)
             return w[:, 0:1] * self.selected_branch(x6) + w[:, 1:2] * self.fixed_branch(x6)
         if torch.onnx.is_in_onnx_export():  # a static graph: both branches, each sample keeps its own
             return torch.where(picks.view(-1, 1, 1, 1) == 1, self.fixed_branch(x6), self.selected_branch(x6))
         on_host = picks.tolist()  # the one device-to-host copy of an evaluation forward
         n_fixed = sum(on_host)
-        self._count_routes(n_fixed, len(on_host))
+        router.count_routes(n_fixed, len(on_host))
         if n_fixed in (0, len(on_host)):
-            return (self.fixed_branch if n_fixed else self.selected_branch)(x6)
+            return self._branch("fixed" if n_fixed else "selected")(x6)
         out = torch.empty_like(x6)
         for k, branch in enumerate((self.selected_branch, self.fixed_branch)):
             idx = (picks == k).nonzero().flatten()
             if idx.numel():
                 out[idx] = branch(x6[idx])
         return out
-
-    def _count(self, choice: str, n: int) -> None:
-        if not torch.compiler.is_compiling():  # a Python-side count would make dynamo retrace every call
-            self.branch_counts[choice] += 1
-            self.routed[choice] += n
-
-    def _count_routes(self, n_fixed: int, n: int) -> None:
-        for choice, k in (("selected", n - n_fixed), ("fixed", n_fixed)):
-            if k:
-                self._count(choice, k)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x6 = conv6(conv5(x)): what the gate pools and both branches read."""
@@ -221,12 +150,11 @@ class WideEnhancement(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x6 = self.features(x)
         x10 = self.upper_path(x6)
-        if self.gate_mode == "learned":
+        if self.router.mode == "learned":
             return x10 + self._learned(x6)
         choice = self.choose_branch(x6)
-        self._count(choice, x6.shape[0])
-        branch = self.fixed_branch if choice == "fixed" else self.selected_branch
-        return x10 + branch(x6)
+        self.router.count(choice, x6.shape[0])
+        return x10 + self._branch(choice)(x6)
 
 
 class FeatureRefinement(nn.Module):
@@ -280,11 +208,21 @@ class Net(nn.Module):
         self.construction = Construction(scale, multi_scale, group)
 
     @property
+    def router(self) -> GateRouter:
+        """How the gate decides at run time (mode, noise, counts): the one way in from outside ``model/``."""
+        return self.wide_enhancement.router
+
+    @property
     def gate_mode(self) -> str:
-        return self.wide_enhancement.gate_mode
+        return self.router.mode
 
     def set_gate(self, mode: str, seed: int | None = None) -> None:
-        self.wide_enhancement.set_gate(mode, seed)
+        """Choose the gate mode (see :data:`model.routing.GATE_MODES`); ``seed`` restarts its Gumbel noise."""
+        self.router.set_mode(mode, seed)
+
+    def gate_parameter_names(self) -> set[str]:
+        """The gate's parameters as ``named_parameters`` names them (the learned gate trains them apart)."""
+        return {f"wide_enhancement.gate.{n}" for n, _ in self.wide_enhancement.gate.named_parameters()}
 
     def gate_features(self, x: torch.Tensor) -> torch.Tensor:
         """The features the gate pools (x6) for an RGB input: the first half of the forward pass."""

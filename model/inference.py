@@ -134,7 +134,7 @@ def super_resolve(net: torch.nn.Module, lr: np.ndarray, scale: int, tile: int | 
     route = nullcontext()
     if getattr(net, "gate_mode", None) == "learned" and (tile or self_ensemble):
         with amp():  # one decision per image: tiles and the 8 transforms take the untransformed image's
-            route = net.wide_enhancement.force(learned_decision(net, x, tile, tile_overlap))
+            route = net.router.force(learned_decision(net, x, tile, tile_overlap))
     with route:
         if not self_ensemble:
             return run(x)[0]

@@ -97,11 +97,11 @@ def test_each_sample_routes_itself_as_if_alone():
         alone = torch.cat([net(x[i:i + 1], 2) for i in range(len(x))])
     assert (batch - alone).abs().max().item() <= 1e-5
     n_fixed = int(picks.sum())
-    assert dict(net.wide_enhancement.routed) == {"selected": 2 * (len(x) - n_fixed), "fixed": 2 * n_fixed}
+    assert dict(net.router.routed) == {"selected": 2 * (len(x) - n_fixed), "fixed": 2 * n_fixed}
     for i, k in enumerate(picks.tolist()):  # each sample got exactly its branch's output
-        with torch.no_grad(), net.wide_enhancement.force(("selected", "fixed")[k]):
+        with torch.no_grad(), net.router.force(("selected", "fixed")[k]):
             assert (net(x[i:i + 1], 2) - batch[i:i + 1]).abs().max().item() <= 1e-5
-        with torch.no_grad(), net.wide_enhancement.force(("fixed", "selected")[k]):
+        with torch.no_grad(), net.router.force(("fixed", "selected")[k]):
             assert (net(x[i:i + 1], 2) - batch[i:i + 1]).abs().max().item() > 1e-3
 
 
@@ -113,13 +113,13 @@ def test_training_output_is_the_taken_branchs():
     split_gate(net, x)
     net.train()
     out = net(x, 2)
-    route = net.wide_enhancement.route
+    route = net.router.route
     assert set(route.detach().flatten().tolist()) == {0.0, 1.0} and route.requires_grad
     net.eval()
     with torch.no_grad():
         each = {}
         for branch in ("selected", "fixed"):
-            with net.wide_enhancement.force(branch):
+            with net.router.force(branch):
                 each[branch] = net(x, 2)
     picks = route.detach().argmax(dim=1)
     assert 0 < int(picks.sum()) < len(picks)
@@ -132,11 +132,11 @@ def test_learned_decision_at_evaluation_is_deterministic():
     net = Net(scale=2, gate_mode="learned", gate_seed=3).eval()
     x = varied_batch()
     split_gate(net, x)
-    state = net.wide_enhancement.gate_generator.get_state()
+    state = net.router.generator.get_state()
     with torch.no_grad():
         first, second = net(x, 2), net(x, 2)
     assert torch.equal(first, second)
-    assert torch.equal(state, net.wide_enhancement.gate_generator.get_state())  # no noise drawn
+    assert torch.equal(state, net.router.generator.get_state())  # no noise drawn
     again = Net(scale=2, gate_mode="learned", gate_seed=99).eval()
     again.load_state_dict(net.state_dict())
     with torch.no_grad():
@@ -163,13 +163,13 @@ def test_tiles_and_self_ensemble_route_with_the_whole_image():
     assert alone == {0, 1}  # on their own, the tiles would not agree
     assert learned_decision(net, x, tile=60, overlap=20) == "fixed"
     whole = super_resolve(net, lr, 2)
-    net.wide_enhancement.routed.clear()
+    net.router.routed.clear()
     tiled = super_resolve(net, lr, 2, tile=60, tile_overlap=20)  # overlap >= the receptive radius (18)
-    assert set(net.wide_enhancement.routed) == {"fixed"}
+    assert set(net.router.routed) == {"fixed"}
     assert (tiled - whole).abs().max().item() <= 1e-4
-    net.wide_enhancement.routed.clear()
+    net.router.routed.clear()
     super_resolve(net, lr[:30, :30], 2, self_ensemble=True)
-    assert list(net.wide_enhancement.routed.values()) == [8]  # the 8 transforms took one branch
+    assert list(net.router.routed.values()) == [8]  # the 8 transforms took one branch
 
 
 def test_flops_per_branch_are_counted():
@@ -217,8 +217,8 @@ def test_learned_gate_trains_logs_and_resumes_bit_exactly(tiny_h5, tmp_path):
     resumed.fit()
     for (name, p), q in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
         assert torch.equal(p, q), name
-    assert torch.equal(straight.net.wide_enhancement.gate_generator.get_state(),
-                       resumed.net.wide_enhancement.gate_generator.get_state())
+    assert torch.equal(straight.net.router.generator.get_state(),
+                       resumed.net.router.generator.get_state())
     with open(tmp_path / "a" / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["2", "4", "6", "8"]
@@ -237,9 +237,9 @@ import os, sys, torch
 from solver import Solver, parse_args
 solver = Solver(parse_args(sys.argv[1:]))
 we, picks = solver.net.wide_enhancement, []
-we.register_forward_hook(lambda m, i, o: picks.append(m.route.detach().argmax(dim=1).tolist()))
+we.register_forward_hook(lambda m, i, o: picks.append(m.router.route.detach().argmax(dim=1).tolist()))
 solver.fit()
-torch.save({"model": solver.net.state_dict(), "picks": picks, "no_vote": we.combine_votes is None},
+torch.save({"model": solver.net.state_dict(), "picks": picks, "no_vote": we.router.combine_votes is None},
            os.path.join(os.environ["DUMP"], "rank%s.pt" % os.environ["RANK"]))
 """
 

@@ -106,3 +106,25 @@ def test_the_check_catches_an_arrow_up(tmp_path, layer_file, line, problem):
     copy.write_text((ROOT / layer_file).read_text() + "\n\n" + line + "\n")
     found = violations([copy], tmp_path)
     assert len(found) == 1 and problem in found[0], found
+
+
+def reaches_into_the_block(files: list[Path], root: Path = ROOT) -> list[str]:
+    """``<expr>.wide_enhancement.<name>`` outside ``model/`` and the tests: the gate's run-time state is
+    ``net.router``'s, its mode ``net.set_gate``/``net.gate_mode``'s (docs/contributing.md)."""
+    found = []
+    for path in files:
+        if path.relative_to(root).parts[0] in ("model", "tests"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                    and node.value.attr == "wide_enhancement"):
+                found.append(f"{path.relative_to(root)}:{node.lineno} reads .wide_enhancement.{node.attr}")
+    return found
+
+
+def test_outside_model_the_gate_is_reached_through_the_router(tmp_path):
+    assert reaches_into_the_block(_project_files()) == []
+    copy = tmp_path / "solver.py"
+    copy.write_text((ROOT / "solver.py").read_text() + "\n\ndef f(net):\n    return net.wide_enhancement.router\n")
+    assert reaches_into_the_block([copy], tmp_path) == ["solver.py:" + str(len(copy.read_text().splitlines()))
+                                                         + " reads .wide_enhancement.router"]

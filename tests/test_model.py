@@ -179,7 +179,7 @@ def test_gate_modes_are_deterministic_or_seeded(weights_x2):
         with torch.no_grad():
             for _ in range(40):
                 net(x)
-        counts[mode] = dict(net.wide_enhancement.branch_counts)
+        counts[mode] = dict(net.router.branch_counts)
     assert counts["selected"] == {"selected": 40}
     assert counts["fixed"] == {"fixed": 40}
     assert len(counts["argmax"]) == 1  # noise-free: the same decision every time
@@ -188,7 +188,7 @@ def test_gate_modes_are_deterministic_or_seeded(weights_x2):
     with torch.no_grad():
         for _ in range(40):
             again(x)
-    assert dict(again.wide_enhancement.branch_counts) == counts["sample"]
+    assert dict(again.router.branch_counts) == counts["sample"]
 
 
 def test_sampled_gate_batch_rule(weights_x2):

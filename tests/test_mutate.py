@@ -1,5 +1,8 @@
-"""tools/mutate.py's own mechanics on a toy project: caught, survived, stale, and the file always put back."""
-from tools.mutate import Mutation, apply_and_run, table
+"""tools/mutate.py: its mechanics on a toy project (caught, survived, stale, the file always put back), and its list
+kept in step with the code."""
+from pathlib import Path
+
+from tools.mutate import MUTATIONS, Mutation, apply_and_run, table
 
 
 def test_outcomes_and_the_file_put_back(tmp_path):
@@ -19,3 +22,10 @@ def test_outcomes_and_the_file_put_back(tmp_path):
     rows = [(m, outcome, 0.0, ["tests/test_mod.py"]) for outcome, m in cases.items()]
     assert table(rows).endswith("1 of 4 caught")
 
+
+
+def test_every_mutation_of_the_list_applies_to_this_tree():
+    """A move that takes a mutated text elsewhere must take its mutation along: none may be stale."""
+    root = Path(__file__).resolve().parents[1]
+    stale = [m.name for m in MUTATIONS if not (root / m.file).is_file() or (root / m.file).read_text().count(m.old) != 1]
+    assert len(MUTATIONS) >= 60 and stale == []

@@ -92,7 +92,7 @@ class Recorder:
         solver.optim.register_step_pre_hook(self._pre)
         solver.optim.register_step_post_hook(self._post)
         we = solver.net.wide_enhancement
-        we.register_forward_pre_hook(lambda m, args: self.taus.append(m.gate_tau) if m.training else None)
+        we.register_forward_pre_hook(lambda m, args: self.taus.append(m.router.tau) if m.training else None)
         solver.net.register_forward_hook(
             lambda m, args, out: self.srs.append(out.detach().clone()) if m.training else None)
         get_batch = solver.get_batch
@@ -314,10 +314,10 @@ def test_validation_scores_the_reported_gate_without_drawing_noise(pack, valid, 
     we, seen = s.net.wide_enhancement, []
 
     def before(m, args):
-        seen.append([m.training, m.gate_mode, m.gate_generator.get_state()])
+        seen.append([m.training, m.router.mode, m.router.generator.get_state()])
 
     def after(m, args, out):
-        seen[-1][2] = torch.equal(seen[-1][2], m.gate_generator.get_state())  # no draw in this forward
+        seen[-1][2] = torch.equal(seen[-1][2], m.router.generator.get_state())  # no draw in this forward
     we.register_forward_pre_hook(before)
     we.register_forward_hook(after)
     s.fit()

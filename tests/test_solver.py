@@ -86,8 +86,8 @@ def assert_same_training_state(a: Solver, b: Solver) -> None:
     for k in sa:
         for key in sa[k]:
             assert torch.equal(sa[k][key], sb[k][key]), (k, key)
-    assert torch.equal(a.net.wide_enhancement.gate_generator.get_state(),
-                       b.net.wide_enhancement.gate_generator.get_state())
+    assert torch.equal(a.net.router.generator.get_state(),
+                       b.net.router.generator.get_state())
 
 
 def inject(solver: Solver, at_call: int, action) -> None:
@@ -234,10 +234,10 @@ def test_a_resumed_run_draws_what_the_uninterrupted_one_would(data, tmp_path):
     continues from its saved state, whatever this process did with it before."""
     first = make(data, tmp_path, "--max_steps", "2")
     first.fit()  # saves at step 2; nothing draws after the save
-    expected = _draw_every_rng(first.net.wide_enhancement.gate_generator)
+    expected = _draw_every_rng(first.net.router.generator)
     _scramble_every_rng()
     resumed = make(data, tmp_path, "--max_steps", "4", "--resume")
-    assert _draw_every_rng(resumed.net.wide_enhancement.gate_generator) == expected
+    assert _draw_every_rng(resumed.net.router.generator) == expected
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_143(data, tmp_path):
@@ -357,7 +357,7 @@ if os.environ["RANK"] == "1":  # this rank's gate always votes 'selected' (its n
     Gate.forward = lambda self, x6: torch.tensor([[100.0, -100.0]]).expand(x6.shape[0], 2)
 solver = Solver(parse_args(sys.argv[1:]))
 solver.fit()
-torch.save({"model": solver.net.state_dict(), "branches": dict(solver.net.wide_enhancement.branch_counts)},
+torch.save({"model": solver.net.state_dict(), "branches": dict(solver.net.router.branch_counts)},
            os.path.join(os.environ["DUMP"], "rank%s.pt" % os.environ["RANK"]))
 """
 
