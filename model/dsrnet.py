@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.ops import ConvReLUChain, MeanShift, Upsampler, conv
+from model.precision import in_float32
 from model.routing import GateRouter
 
 FEATURES = 64
@@ -103,8 +104,7 @@ class WideEnhancement(nn.Module):
 
     def gate_logits(self, x6: torch.Tensor) -> torch.Tensor:
         """The gate's float32 logits, outside autocast: a bf16 gate could flip near-tied decisions."""
-        with torch.autocast(x6.device.type, enabled=False):
-            return self.gate(x6.float())
+        return in_float32(self.gate, x6)
 
     def _branch(self, choice: str) -> nn.Module:
         return self.fixed_branch if choice == "fixed" else self.selected_branch

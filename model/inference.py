@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from model.precision import AMP_DTYPES, autocast, memory_format_of
+from model.precision import AMP_DTYPES, autocast, in_float32, memory_format_of
 
 
 def image_to_tensor(img: np.ndarray, device: str | torch.device = "cpu",
@@ -94,9 +94,8 @@ def learned_decision(net: torch.nn.Module, x: torch.Tensor, tile: int | None = N
             x6 = net.gate_features(x[:, :, y0:y0 + th, x0:x0 + tw])
             pooled = pooled + x6[:, :, a - y0:b - y0, c - x0:d - x0].float().sum(dim=(2, 3))
         pooled = pooled / (h * w)
-    gate = net.wide_enhancement.gate
-    with torch.autocast(x.device.type, enabled=False):
-        return "fixed" if int(gate.classify(pooled).argmax(dim=1)) == 1 else "selected"
+    logits = in_float32(net.wide_enhancement.gate.classify, pooled)
+    return "fixed" if int(logits.argmax(dim=1)) == 1 else "selected"
 
 
 def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.precision import autocast_enabled
+from model.precision import autocast_enabled, in_float32
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -46,10 +46,7 @@ class MeanShift(nn.Module):
         self.shifter.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if autocast_enabled(x.device):
-            with torch.autocast(x.device.type, enabled=False):
-                return self.shifter(x.float())
-        return self.shifter(x)
+        return in_float32(self.shifter, x) if autocast_enabled(x.device) else self.shifter(x)
 
 
 class Upsampler(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -55,6 +55,13 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
 def autocast_enabled(device: torch.device) -> bool:
     """Whether autocast is on for ``device``; the mean shift then stays float32 (bf16 would round the image)."""
     return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
+
+
+def in_float32(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` in float32 with autocast off: the few steps bf16 would change, not just round (the mean shift,
+    which would put the image itself on steps of up to 1/256, and the gate, whose near-tied votes could flip)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return fn(x.float())
 
 
 def tf32_enabled() -> bool:
