@@ -19,7 +19,7 @@ if __name__ == "__main__":  # run as a script, maybe from dataset/: make the rep
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsrnet.cli import HelpFormatter, run_cli
-from dsrnet.data.pack import _check_scales, pack_div2k, pack_hr_folder
+from dsrnet.data.pack import check_scales, pack_div2k, pack_hr_folder
 from dsrnet.errors import InputError
 from model import SCALES
 
@@ -80,7 +80,7 @@ def _main(argv: Sequence[str] | None) -> None:
         output = Path(args.output or f"DIV2K_{args.dataset_type}.h5")
         n = pack_div2k(args.dataset_dir, output, args.dataset_type, args.scales, args.workers,
                        compression)
-    groups = " ".join(f"X{s}" for s in _check_scales(args.scales))
+    groups = " ".join(f"X{s}" for s in check_scales(args.scales))
     print(f"wrote {output}: {n} images, groups HR {groups}, "
           f"{output.stat().st_size / 2**30:.2f} GiB")
 

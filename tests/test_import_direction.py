@@ -128,3 +128,23 @@ def test_outside_model_the_gate_is_reached_through_the_router(tmp_path):
     copy.write_text((ROOT / "solver.py").read_text() + "\n\ndef f(net):\n    return net.wide_enhancement.router\n")
     assert reaches_into_the_block([copy], tmp_path) == ["solver.py:" + str(len(copy.read_text().splitlines()))
                                                          + " reads .wide_enhancement.router"]
+
+
+def private_imports(files: list[Path], root: Path = ROOT) -> list[str]:
+    """``from <project module> import _name`` outside the tests: a private name is its module's alone."""
+    found = []
+    for path in files:
+        if path.relative_to(root).parts[0] == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and _layer(node.module) is not None:
+                found += [f"{path.relative_to(root)}:{node.lineno} imports {node.module}.{a.name}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_file_imports_another_module_s_private_names(tmp_path):
+    assert private_imports(_project_files()) == []
+    copy = tmp_path / "sample.py"
+    copy.write_text("from dsrnet.data.pack import _hidden\n")
+    assert private_imports([copy], tmp_path) == ["sample.py:1 imports dsrnet.data.pack._hidden"]

@@ -64,7 +64,8 @@ Loaded = tuple[np.ndarray, dict[int, np.ndarray]]
 
 # --------------------------------------------------------------------------- inputs
 
-def _check_scales(scales: Iterable[int]) -> tuple[int, ...]:
+def check_scales(scales: Iterable[int]) -> tuple[int, ...]:
+    """The scales to pack: integers >= 2, each once; checked before any file is read or written."""
     scales = tuple(scales)
     if not scales:
         raise InputError("no --scales given: pass e.g. --scales 2 3 4")
@@ -234,7 +235,7 @@ def pack_div2k(dataset_dir: str | os.PathLike, output: str | os.PathLike, datase
                scales: Iterable[int] = SCALES, workers: int = 1,
                compression: str | None = None) -> int:
     """Pack DIV2K's HR and official bicubic LR images; returns the number of images."""
-    scales = _check_scales(scales)
+    scales = check_scales(scales)
     items = _div2k_pairs(Path(dataset_dir), dataset_type, scales)
     sources = [p for hr, lrs in items for p in (hr, *lrs.values())]
     _write_h5(Path(output), scales, items, _load_div2k, workers, compression, sources)
@@ -245,7 +246,7 @@ def pack_hr_folder(hr_dir: str | os.PathLike, output: str | os.PathLike,
                    scales: Iterable[int] = SCALES, workers: int = 1,
                    compression: str | None = None) -> int:
     """Pack a folder of HR images, making each LR with MATLAB-style bicubic; returns the count."""
-    scales = _check_scales(scales)
+    scales = check_scales(scales)
     hr_dir = Path(hr_dir)
     if not hr_dir.is_dir():
         raise InputError(f"--hr_dir {hr_dir} not found: point it at a folder of HR images")
