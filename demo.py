@@ -37,7 +37,7 @@ from dsrnet.cli import HelpFormatter, run_cli
 from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult
 from dsrnet.provenance import environment, git_description
-from dsrnet.rng import NUMPY_MAX_SEED
+from dsrnet.train.rng import NUMPY_MAX_SEED
 from model import read_checkpoint, scale_name
 from solver import Solver
 from solver import parse_args as solver_args

@@ -44,24 +44,24 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dsrnet.files import ensure_writable_folder, stale_temps
+from dsrnet.cli import HelpFormatter, output_never_stops_the_run, run_cli
 from dsrnet.data.layouts import find_test_set, load_pair
 from dsrnet.data.train_data import TrainDataset, file_identity, step_loader, step_scale
-from dsrnet.cli import HelpFormatter, output_never_stops_the_run, run_cli
-from dsrnet.checkpoints import (RunCheckpoints, copy_matching_tensors, data_change, find_resume, read_resumable,
-                                regroup_optimizer_state, restore_training_state, training_checkpoint, valid_basis,
-                                weights_checkpoint)
-from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0, shutdown_distributed,
-                                wrap_for_ranks)
-from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, require_scorable
-from dsrnet.resume import apply_resume_defaults, given_flags
+from dsrnet.files import ensure_writable_folder, stale_temps
 from dsrnet.provenance import environment
-from dsrnet.rng import NUMPY_MAX_SEED, seed_everything
-from dsrnet.run_lock import RunLock
-from dsrnet.run_log import RunLog, Throughput
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
+from dsrnet.train.checkpoints import (RunCheckpoints, copy_matching_tensors, data_change, find_resume,
+                                      read_resumable, regroup_optimizer_state, restore_training_state,
+                                      training_checkpoint, valid_basis, weights_checkpoint)
+from dsrnet.train.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0,
+                                      shutdown_distributed, wrap_for_ranks)
+from dsrnet.train.ema import WeightAverage
+from dsrnet.train.resume import apply_resume_defaults, given_flags
+from dsrnet.train.rng import NUMPY_MAX_SEED, seed_everything
+from dsrnet.train.run_lock import RunLock
+from dsrnet.train.run_log import RunLog, Throughput
 from dsrnet.upscale import network_method
 from model import GATE_MODES, SCALES, Net
 from model.precision import (
@@ -211,7 +211,7 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argparse.Namespace:
     """The training flags: checkpoint folder and name default from the scale; with --resume every flag not
-    given defaults to the checkpoint's recorded one (see dsrnet.resume)."""
+    given defaults to the checkpoint's recorded one (see dsrnet.train.resume)."""
     cfg = build_parser(default_scale).parse_args(argv)
     name = f"dsrnet_x{cfg.scale}" if cfg.scale else "dsrnet_multiscale"
     cfg.ckpt_name = cfg.ckpt_name or name

@@ -18,7 +18,7 @@ import torch
 import sample
 from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
-from dsrnet.ema import WeightAverage
+from dsrnet.train.ema import WeightAverage
 from dsrnet.errors import InputError
 from model import CheckpointError, Net, load_checkpoint, read_checkpoint
 from model.precision import bf16_supported

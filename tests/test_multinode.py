@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from dsrnet.data.imresize import imresize
-from dsrnet.distributed import init_distributed
+from dsrnet.train.distributed import init_distributed
 from dsrnet.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from dsrnet.data.images import write_image
 from dsrnet.files import atomic_write_bytes, stale_temps
 from dsrnet.cli import run_cli
 from dsrnet.errors import InputError
-from dsrnet.run_lock import LOCK_NAME, RunLock
+from dsrnet.train.run_lock import LOCK_NAME, RunLock
 from model import Net, read_checkpoint
 from solver import Solver, parse_args
 from tools.benchmarks import checkpoint_save
@@ -114,7 +114,7 @@ def test_stale_temps_match_only_the_names_asked_for(tmp_path):
 
 # ------------------------------------------------------------------------------- the folder lock
 
-HOLDER = ("import sys, time; from dsrnet.run_lock import RunLock; "
+HOLDER = ("import sys, time; from dsrnet.train.run_lock import RunLock; "
           "lock = RunLock(sys.argv[1]); print('held', flush=True); time.sleep(120)")
 
 

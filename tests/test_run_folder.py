@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-import dsrnet.checkpoints as checkpoints
+import dsrnet.train.checkpoints as checkpoints
 import solver as solver_module
 from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
@@ -104,7 +104,7 @@ def log_rows(folder: Path) -> list[dict]:
 # A process that dies by SIGKILL at one exact point: right after the checkpoint of STEP is written.
 KILL_AFTER_SAVE = """
     import os, signal
-    import dsrnet.checkpoints as c
+    import dsrnet.train.checkpoints as c
     real = c.save_checkpoint
     def save_then_die(path, ckpt):
         real(path, ckpt)

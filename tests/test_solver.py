@@ -28,7 +28,7 @@ from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
 from dsrnet.data.train_data import StepSampler
 from dsrnet.errors import InputError
-from dsrnet.rng import capture_rng_states, restore_rng_states
+from dsrnet.train.rng import capture_rng_states, restore_rng_states
 from model import load_checkpoint, read_checkpoint
 from model.precision import bf16_supported
 from solver import Solver, get_lr, parse_args

@@ -20,10 +20,10 @@ from unittest import mock
 import torch
 
 from dsrnet.files import ensure_writable
-from dsrnet.checkpoints import save_checkpoint
+from dsrnet.train.checkpoints import save_checkpoint
 from dsrnet.cli import HelpFormatter, run_cli
 from tools.benchmarks.report import require_at_least
-from dsrnet.rng import capture_rng_states
+from dsrnet.train.rng import capture_rng_states
 from model import Net
 
 

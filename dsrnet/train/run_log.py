@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from dsrnet.files import atomic_write_bytes
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_write_bytes
 
 
 class RunLog:

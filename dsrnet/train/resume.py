@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from dsrnet.checkpoints import MODEL_FLAGS, RUN_FLAGS, find_resume
-from dsrnet.distributed import print_rank0
+from dsrnet.train.checkpoints import MODEL_FLAGS, RUN_FLAGS, find_resume
+from dsrnet.train.distributed import print_rank0
 from model import read_checkpoint
 
 # Not part of a run's recipe: where to find it, the network the entry point names, how a new run starts.

@@ -3,7 +3,7 @@
 A training checkpoint is what ``sample.py`` loads (weights, scale, group) plus the run's flags
 (``config``), provenance and a ``train_state`` with everything a bit-exact resume needs: optimizer,
 grad scaler, gate noise, every RNG and the open log interval's loss sums. A run with ``--ema`` also saves the
-averaged weights (``model_ema``, see :mod:`dsrnet.ema`).
+averaged weights (``model_ema``, see :mod:`dsrnet.train.ema`).
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from typing import Callable
 
 import torch
 
-from dsrnet.files import atomic_write_bytes
-from dsrnet.distributed import print_rank0
-from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError
-from dsrnet.rng import capture_rng_states, restore_rng_states
+from dsrnet.files import atomic_write_bytes
+from dsrnet.train.distributed import print_rank0
+from dsrnet.train.ema import WeightAverage
+from dsrnet.train.rng import capture_rng_states, restore_rng_states
 from model import Net, read_checkpoint
 
 
