@@ -28,7 +28,6 @@ training stops exactly at --max_steps with a final checkpoint, and bad input end
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import math
 import re
@@ -48,7 +47,7 @@ from dsrnet.cli import HelpFormatter, output_never_stops_the_run, run_cli
 from dsrnet.data.layouts import find_test_set, load_pair
 from dsrnet.data.train_data import TrainDataset, file_identity, step_loader, step_scale
 from dsrnet.errors import InputError
-from dsrnet.evaluation import evaluate_set, require_scorable
+from dsrnet.evaluation import require_scorable
 from dsrnet.files import ensure_writable_folder, stale_temps
 from dsrnet.provenance import environment
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
@@ -58,24 +57,17 @@ from dsrnet.train.checkpoints import (RunCheckpoints, copy_matching_tensors, dat
 from dsrnet.train.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0,
                                       shutdown_distributed, wrap_for_ranks)
 from dsrnet.train.ema import WeightAverage
+from dsrnet.train.loss import LOSSES, compute_penalty
 from dsrnet.train.resume import apply_resume_defaults, given_flags
 from dsrnet.train.rng import NUMPY_MAX_SEED, seed_everything
 from dsrnet.train.run_lock import RunLock
 from dsrnet.train.run_log import RunLog, Throughput
-from dsrnet.upscale import network_method
+from dsrnet.train.schedule import group_names, param_groups, set_schedules
+from dsrnet.train.validation import score_valid_sets
 from model import GATE_MODES, SCALES, Net
-from model.precision import (
-    AMP_DTYPES,
-    TRAINING_MEMORY_FORMAT,
-    autocast,
-    bf16_supported,
-    fast_memory_format,
-    memory_format_of,
-    tf32,
-)
+from model.precision import AMP_DTYPES, TRAINING_MEMORY_FORMAT, autocast, bf16_supported
 
 ROOT = Path(__file__).resolve().parent
-LOSSES = {"MSE": nn.MSELoss, "L1": nn.L1Loss, "SmoothL1": nn.SmoothL1Loss}
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -234,47 +226,6 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     return cfg
 
 
-def get_lr(step: int, lr: float, decay: int) -> float:
-    """The authors' step schedule: halve every ``decay`` steps."""
-    return lr * 0.5 ** (step // decay)
-
-
-def get_gate_tau(step: int, start: float, floor: float, decay: int) -> float:
-    """The learned gate's temperature: exponential from ``start`` at step 0 to ``floor`` at step ``decay``
-    (the lr's first phase), then constant; a function of the step, like the lr, so a resumed run matches."""
-    return start * (floor / start) ** min(1.0, step / decay)
-
-
-def group_names(net: Net, gate: str) -> list[list[str]]:
-    """The names of Adam's groups: one; with the learned gate a second for the gate, whose lr is
-    --gate_lr_mult times --lr."""
-    names = [n for n, p in net.named_parameters() if p.requires_grad]
-    if gate != "learned":
-        return [names]
-    in_gate = [n in net.gate_parameter_names() for n in names]
-    return [[n for n, g in zip(names, in_gate) if not g], [n for n, g in zip(names, in_gate) if g]]
-
-
-def param_groups(net: Net, gate: str) -> list[dict]:
-    params = dict(net.named_parameters())
-    return [{"params": [params[n] for n in group]} for group in group_names(net, gate)]
-
-
-def set_schedules(optim: torch.optim.Optimizer, net: Net, cfg: argparse.Namespace, step: int) -> float:
-    """Set this step's lr (the learned gate's group: --gate_lr_mult times it) and gate temperature; returns the lr."""
-    lr = get_lr(step, cfg.lr, cfg.decay)
-    for group, mult in zip(optim.param_groups, (1.0, cfg.gate_lr_mult)):
-        group["lr"] = lr * mult
-    net.router.tau = get_gate_tau(step, cfg.gate_tau, cfg.gate_tau_min, cfg.decay)
-    return lr
-
-
-def compute_penalty(net: Net, weight: float) -> torch.Tensor:
-    """``weight`` times the share of the last training batch the learned gate sent to the costlier 'fixed'
-    branch, with the straight-through gradient of that choice."""
-    return weight * net.router.penalty()
-
-
 def routing_row(net: Net, gate: str) -> dict[str, float]:
     """The log's ``fixed_share``: the share of this rank's samples the learned gate sent to 'fixed' since the
     previous row (whose count then restarts); nothing for the other gates."""
@@ -338,31 +289,6 @@ def naming_the_kept_checkpoint(checkpoints: RunCheckpoints) -> Iterator[None]:
         kept = (f"{last} is intact: continue from it with the same command plus --resume" if last
                 else f"this run has no earlier checkpoint in {checkpoints.folder}")
         raise InputError(f"{err}; {kept}") from None
-
-
-def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argparse.Namespace,
-                     step: int) -> dict[str, float]:
-    """PSNR/SSIM on --valid_data_dir with sample.py's protocol and its deterministic gate.
-
-    In IEEE float32 and the memory layout sample.py uses, so that the logged scores are what sample.py
-    gives the checkpoint; training itself keeps PyTorch's TF32 setting, restored afterwards.
-    """
-    scores = {}
-    net.eval()
-    try:  # the training gate's noise stream and the training log's routing count are kept across validation
-        with net.router.evaluating("learned" if cfg.gate == "learned" else "selected"), tf32(False):
-            layout = fast_memory_format(device)  # on a GPU, float32 runs NCHW: a copy, not the training net
-            scored = net if layout == memory_format_of(net) else copy.deepcopy(net).to(memory_format=layout)
-            for ts in valid_sets:
-                upscale = network_method(scored, ts.scale, device)
-                save = (Path(cfg.sample_dir) / cfg.ckpt_name / str(step) / ts.name / f"x{ts.scale}"
-                        if cfg.sample_dir else None)
-                result = evaluate_set(upscale, ts, "DSRNet", shave=cfg.shave, save_dir=save)
-                scores[f"{ts.name}_x{ts.scale}_psnr"] = result.psnr
-                scores[f"{ts.name}_x{ts.scale}_ssim"] = result.ssim
-    finally:
-        net.train()
-    return scores
 
 
 def progress_line(row: dict, max_steps: int, batch_size: int) -> str:

@@ -22,7 +22,8 @@ from dsrnet.errors import InputError
 from model import GATE_MODES, Net, load_checkpoint, read_checkpoint
 from model.flops import count_flops, flops_per_lr_pixel, meta_net
 from model.inference import learned_decision, super_resolve
-from solver import Solver, get_gate_tau, parse_args
+from dsrnet.train.schedule import get_gate_tau
+from solver import Solver, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--patch_size", "8", "--batch_size", "4", "--num_workers", "0", "--log_interval", "2"]

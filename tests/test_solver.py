@@ -23,15 +23,17 @@ import torch
 
 import sample
 import dsrnet.upscale as upscale_module
+import dsrnet.train.validation as validation_module
 import solver as solver_module
 from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
 from dsrnet.data.train_data import StepSampler
 from dsrnet.errors import InputError
 from dsrnet.train.rng import capture_rng_states, restore_rng_states
+from dsrnet.train.schedule import get_lr
 from model import load_checkpoint, read_checkpoint
-from model.precision import bf16_supported
-from solver import Solver, get_lr, parse_args
+from model.precision import bf16_supported, memory_format_of
+from solver import Solver, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--patch_size", "8", "--batch_size", "4", "--num_workers", "0", "--log_interval", "2"]
@@ -166,14 +168,14 @@ def test_validation_uses_sample_layout_without_touching_the_training_net(data, t
     """On a GPU float32 runs NCHW (sample.py's layout): validation must use an NCHW copy and give the same scores."""
     s = make(data, tmp_path / "ck", "--valid_data_dir", str(data["valid"]))
     channels_last = s.validate(0)
-    monkeypatch.setattr(solver_module, "fast_memory_format", lambda device: torch.contiguous_format)  # as on CUDA
+    monkeypatch.setattr(validation_module, "fast_memory_format", lambda device: torch.contiguous_format)  # as on CUDA
     seen = []
     real = upscale_module.super_resolve
     monkeypatch.setattr(upscale_module, "super_resolve",
-                        lambda net, *a, **k: seen.append(solver_module.memory_format_of(net)) or real(net, *a, **k))
+                        lambda net, *a, **k: seen.append(memory_format_of(net)) or real(net, *a, **k))
     nchw = s.validate(0)
     assert seen == [torch.contiguous_format] * 2
-    assert solver_module.memory_format_of(s.net) == torch.channels_last  # the training net is left as it was
+    assert memory_format_of(s.net) == torch.channels_last  # the training net is left as it was
     assert nchw["Tiny_x2_psnr"] == pytest.approx(channels_last["Tiny_x2_psnr"], abs=1e-4)
 
 
