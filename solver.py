@@ -57,7 +57,7 @@ from dsrnet.train.checkpoints import (RunCheckpoints, copy_matching_tensors, dat
 from dsrnet.train.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0,
                                       shutdown_distributed, wrap_for_ranks)
 from dsrnet.train.ema import WeightAverage
-from dsrnet.train.loss import LOSSES, compute_penalty
+from dsrnet.train.loss import LOSSES, build_loss
 from dsrnet.train.resume import apply_resume_defaults, given_flags
 from dsrnet.train.rng import NUMPY_MAX_SEED, seed_everything
 from dsrnet.train.run_lock import RunLock
@@ -226,14 +226,6 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     return cfg
 
 
-def routing_row(net: Net, gate: str) -> dict[str, float]:
-    """The log's ``fixed_share``: the share of this rank's samples the learned gate sent to 'fixed' since the
-    previous row (whose count then restarts); nothing for the other gates."""
-    if gate != "learned":
-        return {}
-    return {"fixed_share": net.router.take_fixed_share()}
-
-
 def check_amp(amp: str | None, device: torch.device) -> None:
     """Mixed precision where the hardware has it: fp16 on CUDA, bf16 on bf16-capable GPUs and CPUs."""
     if amp is None or (amp == "fp16" and device.type == "cuda"):
@@ -374,7 +366,7 @@ class Solver:
         self.net.to(self.device, memory_format=TRAINING_MEMORY_FORMAT)
         self.optim = torch.optim.Adam(param_groups(self.net, cfg.gate), lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        self.loss_fn = LOSSES[cfg.loss_fn]()
+        self.loss_fn = build_loss(cfg, self.net.router)
         self.ema = WeightAverage(self.net, cfg.ema) if cfg.ema else None  # averaged weights, from these
         self.step, self.loss_sum, self.loss_count = 0, 0.0, 0  # the sums of the open log interval
         self.pending_row: dict | None = None  # a resumed step whose validation never came
@@ -406,10 +398,10 @@ class Solver:
             with stop_requests() as signals:
                 while self.step < cfg.max_steps:
                     scale, lr_patch, hr = self.get_batch(next(batches), self.step)
-                    lr = set_schedules(self.optim, self.net, cfg, self.step)
+                    lr = set_schedules(self.optim, self.net.router, cfg, self.step)
                     with autocast(self.device.type, AMP_DTYPES.get(cfg.amp)):
-                        data_loss = self.loss_fn(self.model(lr_patch, scale).float(), hr)
-                    loss = data_loss + compute_penalty(self.net, cfg.gate_penalty) if cfg.gate_penalty else data_loss
+                        sr = self.model(lr_patch, scale).float()
+                    loss, data_loss = self.loss_fn(sr, hr)
                     loss_value, stop = mean_loss_and_stop_signal(data_loss, signals, self.world)  # logged: no penalty
                     if not math.isfinite(loss_value):
                         raise self.diverged(f"the loss became {loss_value} at step {self.step + 1}")
@@ -468,7 +460,8 @@ class Solver:
         """This step's log row: the mean loss since the previous row, whose sums then restart."""
         row = {"step": self.step, "loss": self.loss_sum / self.loss_count, "lr": lr, "samples_per_s": samples_per_s}
         self.loss_sum, self.loss_count = 0.0, 0
-        row.update(routing_row(self.net, self.cfg.gate))
+        if self.cfg.gate == "learned":  # the share of this rank's samples sent to 'fixed' since the previous row
+            row["fixed_share"] = self.net.router.take_fixed_share()
         return row
 
     def stop_on_signal(self, signum: int, saved: bool, log: RunLog | None, bar: tqdm) -> None:

@@ -25,7 +25,8 @@ from dsrnet.data.images import write_image
 from dsrnet.data.layouts import find_test_set
 from dsrnet.evaluation import evaluate_set
 from dsrnet.metrics import luma
-from model import Net, read_checkpoint
+from dsrnet.train.loss import build_loss
+from model import GateRouter, Net, read_checkpoint
 from solver import Solver, parse_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -394,3 +395,17 @@ def test_gray_outputs_are_the_bt601_luma_of_the_sr(tmp_path):
             assert im.mode == "L" and im.size == (16, 16)
             values = set(np.asarray(im).flatten().tolist())
         assert values == {{"red": 76, "green": 149, "blue": 29}[name]}, name
+
+
+def test_build_loss_adds_the_penalty_to_the_loss_it_backpropagates_not_to_the_logged_one():
+    """(loss, data loss): --gate_penalty times the router's share of 'fixed', only when the weight is non-zero."""
+    router = GateRouter("learned")
+    router.route = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], requires_grad=True)
+    sr, hr = torch.full((1, 3, 2, 2), 0.5), torch.zeros(1, 3, 2, 2)
+    loss, data = build_loss(parse_args(["--loss_fn", "L1", "--gate", "learned"]), router)(sr, hr)
+    assert loss is data and float(data) == 0.5
+    penalised = parse_args(["--loss_fn", "MSE", "--gate", "learned", "--gate_penalty", "0.2"])
+    loss, data = build_loss(penalised, router)(sr, hr)
+    assert float(data) == 0.25 and loss.item() == pytest.approx(0.25 + 0.2 * 0.75)
+    loss.backward()
+    assert router.route.grad[:, 1].tolist() == pytest.approx([0.05] * 4) and router.route.grad[:, 0].abs().sum() == 0

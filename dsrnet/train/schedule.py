@@ -9,7 +9,7 @@ import argparse
 
 import torch
 
-from model import Net
+from model import GateRouter, Net
 
 
 def get_lr(step: int, lr: float, decay: int) -> float:
@@ -39,10 +39,10 @@ def param_groups(net: Net, gate: str) -> list[dict]:
     return [{"params": [params[n] for n in group]} for group in group_names(net, gate)]
 
 
-def set_schedules(optim: torch.optim.Optimizer, net: Net, cfg: argparse.Namespace, step: int) -> float:
+def set_schedules(optim: torch.optim.Optimizer, router: GateRouter, cfg: argparse.Namespace, step: int) -> float:
     """Set this step's lr (the learned gate's group: --gate_lr_mult times it) and gate temperature; returns the lr."""
     lr = get_lr(step, cfg.lr, cfg.decay)
     for group, mult in zip(optim.param_groups, (1.0, cfg.gate_lr_mult)):
         group["lr"] = lr * mult
-    net.router.tau = get_gate_tau(step, cfg.gate_tau, cfg.gate_tau_min, cfg.decay)
+    router.tau = get_gate_tau(step, cfg.gate_tau, cfg.gate_tau_min, cfg.decay)
     return lr
