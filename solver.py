@@ -34,6 +34,7 @@ import math
 import re
 import signal
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
@@ -56,12 +57,13 @@ from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, pri
 from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, require_scorable
-from dsrnet.resume import apply_resume_defaults, given_flags
+from dsrnet.resume import given_flags, resume_config
 from dsrnet.provenance import environment
 from dsrnet.rng import NUMPY_MAX_SEED, seed_everything
 from dsrnet.run_lock import RunLock
 from dsrnet.run_log import RunLog, Throughput
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
+from dsrnet.train.config import TrainConfig
 from dsrnet.upscale import network_method
 from model import GATE_MODES, SCALES, Net
 from model.precision import (
@@ -209,15 +211,14 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argparse.Namespace:
-    """The training flags: checkpoint folder and name default from the scale; with --resume every flag not
+def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> TrainConfig:
+    """The training settings: checkpoint folder and name default from the scale; with --resume every flag not
     given defaults to the checkpoint's recorded one (see dsrnet.resume)."""
-    cfg = build_parser(default_scale).parse_args(argv)
+    cfg = TrainConfig(**vars(build_parser(default_scale).parse_args(argv)))
     name = f"dsrnet_x{cfg.scale}" if cfg.scale else "dsrnet_multiscale"
-    cfg.ckpt_name = cfg.ckpt_name or name
-    cfg.ckpt_dir = cfg.ckpt_dir or str(ROOT / "checkpoint" / name)
+    cfg = replace(cfg, ckpt_name=cfg.ckpt_name or name, ckpt_dir=cfg.ckpt_dir or str(ROOT / "checkpoint" / name))
     if cfg.resume:  # the entry point's scale counts as given: x4/train.py never continues a x2 run
-        apply_resume_defaults(cfg, given_flags(build_parser(default_scale), argv) | {"scale"})
+        cfg = resume_config(cfg, given_flags(build_parser(default_scale), argv) | {"scale"})
     if cfg.model != "dsrnet":
         raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
     learned_only = [f for f, unset in (("gate_penalty", 0.0), ("gate_lr_mult", 1.0)) if getattr(cfg, f) != unset]
@@ -230,8 +231,7 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     if cfg.init_weights != "ema" and not cfg.init_from and not cfg.resume:
         raise InputError(f"--init_weights {cfg.init_weights} picks the weights --init_from copies: add --init_from "
                          "CKPT or drop --init_weights")
-    cfg.amp = None if cfg.amp == "none" else cfg.amp
-    return cfg
+    return replace(cfg, amp=None if cfg.amp == "none" else cfg.amp)
 
 
 def get_lr(step: int, lr: float, decay: int) -> float:
@@ -260,7 +260,7 @@ def param_groups(net: Net, gate: str) -> list[dict]:
     return [{"params": [params[n] for n in group]} for group in group_names(net, gate)]
 
 
-def set_schedules(optim: torch.optim.Optimizer, net: Net, cfg: argparse.Namespace, step: int) -> float:
+def set_schedules(optim: torch.optim.Optimizer, net: Net, cfg: TrainConfig, step: int) -> float:
     """Set this step's lr (the learned gate's group: --gate_lr_mult times it) and gate temperature; returns the lr."""
     lr = get_lr(step, cfg.lr, cfg.decay)
     for group, mult in zip(optim.param_groups, (1.0, cfg.gate_lr_mult)):
@@ -297,7 +297,7 @@ def check_amp(amp: str | None, device: torch.device) -> None:
                          f"or AMX), which this {device.type.upper()} lacks: use --amp fp16 on a GPU, or drop --amp")
 
 
-def check_run(cfg: argparse.Namespace, world: int, device: torch.device) -> Path | None:
+def check_run(cfg: TrainConfig, world: int, device: torch.device) -> Path | None:
     """Refuse flags this machine or folder cannot run, before any data is read; returns the checkpoint to resume."""
     check_amp(cfg.amp, device)
     if cfg.batch_size % world:
@@ -343,7 +343,7 @@ def naming_the_kept_checkpoint(checkpoints: RunCheckpoints) -> Iterator[None]:
         raise InputError(f"{err}; {kept}") from None
 
 
-def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: argparse.Namespace,
+def score_valid_sets(net: Net, valid_sets: list, device: torch.device, cfg: TrainConfig,
                      step: int) -> dict[str, float]:
     """PSNR/SSIM on --valid_data_dir with sample.py's protocol and its deterministic gate.
 
@@ -388,7 +388,7 @@ def all_finite(net: Net) -> bool:
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
-def banner(cfg: argparse.Namespace, net: Net, device: torch.device, world: int, n_images: int, step: int) -> str:
+def banner(cfg: TrainConfig, net: Net, device: torch.device, world: int, n_images: int, step: int) -> str:
     """The start line; parameters counted as the README does (the mean shift's 24 frozen values apart)."""
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
@@ -408,7 +408,7 @@ def main(default_scale: int) -> None:
 class Solver:
     """Builds the net, optimizer, loss and data from the flags; :meth:`fit` is the training loop."""
 
-    def __init__(self, cfg: argparse.Namespace):
+    def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.rank, self.world, self.device = init_distributed(cfg.num_gpu)
         resume_path = check_run(cfg, self.world, self.device)
