@@ -214,11 +214,12 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> TrainConfig:
     """The training settings: checkpoint folder and name default from the scale; with --resume every flag not
     given defaults to the checkpoint's recorded one (see dsrnet.resume)."""
-    cfg = TrainConfig(**vars(build_parser(default_scale).parse_args(argv)))
+    parser = build_parser(default_scale)
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
     name = f"dsrnet_x{cfg.scale}" if cfg.scale else "dsrnet_multiscale"
     cfg = replace(cfg, ckpt_name=cfg.ckpt_name or name, ckpt_dir=cfg.ckpt_dir or str(ROOT / "checkpoint" / name))
     if cfg.resume:  # the entry point's scale counts as given: x4/train.py never continues a x2 run
-        cfg = resume_config(cfg, given_flags(build_parser(default_scale), argv) | {"scale"})
+        cfg = resume_config(cfg, given_flags(parser, argv) | {"scale"})
     if cfg.model != "dsrnet":
         raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
     learned_only = [f for f, unset in (("gate_penalty", 0.0), ("gate_lr_mult", 1.0)) if getattr(cfg, f) != unset]

@@ -15,18 +15,16 @@ import torch
 
 from dsrnet.checkpoints import find_resume
 from dsrnet.distributed import print_rank0
-from dsrnet.train.config import NETWORK, NOT_INHERITED, RECIPE, TrainConfig
+from dsrnet.train.config import NETWORK, NOT_INHERITED, RECIPE, SETTINGS, TrainConfig
 from model import read_checkpoint
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """The flags (dests) the command line sets itself: parsed again with every default suppressed.
-
-    The parser is changed in place; build a fresh one for other uses.
-    """
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+    """The settings the command line gives itself: parsed again into a namespace that already holds a marker
+    for every setting, which only a given flag replaces (argparse fills in defaults only where one is absent)."""
+    unset = object()
+    parsed = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(SETTINGS, unset)))
+    return {name for name, value in vars(parsed).items() if value is not unset}
 
 
 def _same(a: object, b: object) -> bool:

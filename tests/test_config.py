@@ -5,7 +5,7 @@ from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
-from dsrnet.resume import note_overrides
+from dsrnet.resume import given_flags, note_overrides
 from dsrnet.train.config import SETTINGS, TrainConfig
 from solver import build_parser, parse_args
 
@@ -30,6 +30,14 @@ def test_an_old_records_missing_settings_take_their_defaults_and_unknown_ones_ar
     cfg = TrainConfig.from_dict({**old, "authors_only": 1})
     assert (cfg.lr, cfg.ema, cfg.gate_penalty) == (3e-4, 0.0, 0.0)
     assert cfg.to_dict().keys() == TrainConfig().to_dict().keys()
+
+
+def test_given_flags_are_those_on_the_command_line_and_the_parser_is_left_as_it_was():
+    parser = build_parser()
+    assert given_flags(parser, []) == set()
+    assert given_flags(parser, ["--lr", "1e-4", "--no-valid_data_dir", "--checkpoint_every", "3", "--resume"]) == {
+        "lr", "valid_data_dir", "print_interval", "resume"}
+    assert vars(parser.parse_args([])) == TrainConfig().to_dict()
 
 
 def test_defaults_then_checkpoint_then_command_line():

@@ -106,3 +106,14 @@ def test_the_check_catches_an_arrow_up(tmp_path, layer_file, line, problem):
     copy.write_text((ROOT / layer_file).read_text() + "\n\n" + line + "\n")
     found = violations([copy], tmp_path)
     assert len(found) == 1 and problem in found[0], found
+
+
+def test_no_code_reads_argparses_private_parser_state():
+    """A parser's ``_actions`` and friends may change with any Python version: code outside the tests asks
+    a parser through its public API only."""
+    private = {"_actions", "_option_string_actions", "_defaults"}
+    found = [f"{path.relative_to(ROOT)}:{node.lineno} reads .{node.attr}"
+             for path in _project_files() if path.relative_to(ROOT).parts[0] != "tests"
+             for node in ast.walk(ast.parse(path.read_text(), str(path)))
+             if isinstance(node, ast.Attribute) and node.attr in private]
+    assert found == []
