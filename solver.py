@@ -57,13 +57,13 @@ from dsrnet.distributed import (init_distributed, mean_loss_and_stop_signal, pri
 from dsrnet.ema import WeightAverage
 from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, require_scorable
-from dsrnet.resume import given_flags, resume_config
+from dsrnet.resume import resume_config
 from dsrnet.provenance import environment
 from dsrnet.rng import NUMPY_MAX_SEED, seed_everything
 from dsrnet.run_lock import RunLock
 from dsrnet.run_log import RunLog, Throughput
 from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
-from dsrnet.train.config import TrainConfig
+from dsrnet.train.config import SETTINGS, TrainConfig
 from dsrnet.upscale import network_method
 from model import GATE_MODES, SCALES, Net
 from model.precision import (
@@ -209,6 +209,14 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     p.add_argument("--in_memory", action=argparse.BooleanOptionalAction, default=False,
                    help="load the whole HDF5 file into RAM first")
     return p
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The settings the command line gives itself: parsed again into a namespace that already holds a marker
+    for every setting, which only a given flag replaces (argparse fills in defaults only where one is absent)."""
+    unset = object()
+    parsed = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(SETTINGS, unset)))
+    return {name for name, value in vars(parsed).items() if value is not unset}
 
 
 def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> TrainConfig:

@@ -6,7 +6,6 @@ the checkpoint: the folder is where --resume found it, and x2/x3/x4/train.py eac
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -15,16 +14,8 @@ import torch
 
 from dsrnet.checkpoints import find_resume
 from dsrnet.distributed import print_rank0
-from dsrnet.train.config import NETWORK, NOT_INHERITED, RECIPE, SETTINGS, TrainConfig
+from dsrnet.train.config import NETWORK, NOT_INHERITED, RECIPE, TrainConfig
 from model import read_checkpoint
-
-
-def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """The settings the command line gives itself: parsed again into a namespace that already holds a marker
-    for every setting, which only a given flag replaces (argparse fills in defaults only where one is absent)."""
-    unset = object()
-    parsed = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(SETTINGS, unset)))
-    return {name for name, value in vars(parsed).items() if value is not unset}
 
 
 def _same(a: object, b: object) -> bool:

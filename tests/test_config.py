@@ -5,9 +5,9 @@ from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
-from dsrnet.resume import given_flags, note_overrides
+from dsrnet.resume import note_overrides
 from dsrnet.train.config import SETTINGS, TrainConfig
-from solver import build_parser, parse_args
+from solver import build_parser, given_flags, parse_args
 
 
 def test_every_flag_is_a_field_with_the_flags_default_in_the_flags_order():
