@@ -33,6 +33,7 @@ import math
 import re
 import signal
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
@@ -54,11 +55,12 @@ from dsrnet.stopping import EXIT_ON_SIGNAL, stop_requests
 from dsrnet.train.checkpoints import (RunCheckpoints, copy_matching_tensors, data_change, find_resume,
                                       read_resumable, regroup_optimizer_state, restore_training_state,
                                       training_checkpoint, valid_basis, weights_checkpoint)
+from dsrnet.train.config import SETTINGS, TrainConfig
 from dsrnet.train.distributed import (init_distributed, mean_loss_and_stop_signal, print_rank0,
                                       shutdown_distributed, wrap_for_ranks)
 from dsrnet.train.ema import WeightAverage
 from dsrnet.train.loss import LOSSES, build_loss
-from dsrnet.train.resume import apply_resume_defaults, given_flags
+from dsrnet.train.resume import resume_config
 from dsrnet.train.rng import NUMPY_MAX_SEED, seed_everything
 from dsrnet.train.run_lock import RunLock
 from dsrnet.train.run_log import RunLog, Throughput
@@ -201,15 +203,23 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argparse.Namespace:
-    """The training flags: checkpoint folder and name default from the scale; with --resume every flag not
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The settings the command line gives itself: parsed again into a namespace that already holds a marker
+    for every setting, which only a given flag replaces (argparse fills in defaults only where one is absent)."""
+    unset = object()
+    parsed = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(SETTINGS, unset)))
+    return {name for name, value in vars(parsed).items() if value is not unset}
+
+
+def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> TrainConfig:
+    """The training settings: checkpoint folder and name default from the scale; with --resume every flag not
     given defaults to the checkpoint's recorded one (see dsrnet.train.resume)."""
-    cfg = build_parser(default_scale).parse_args(argv)
+    parser = build_parser(default_scale)
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
     name = f"dsrnet_x{cfg.scale}" if cfg.scale else "dsrnet_multiscale"
-    cfg.ckpt_name = cfg.ckpt_name or name
-    cfg.ckpt_dir = cfg.ckpt_dir or str(ROOT / "checkpoint" / name)
+    cfg = replace(cfg, ckpt_name=cfg.ckpt_name or name, ckpt_dir=cfg.ckpt_dir or str(ROOT / "checkpoint" / name))
     if cfg.resume:  # the entry point's scale counts as given: x4/train.py never continues a x2 run
-        apply_resume_defaults(cfg, given_flags(build_parser(default_scale), argv) | {"scale"})
+        cfg = resume_config(cfg, given_flags(parser, argv) | {"scale"})
     if cfg.model != "dsrnet":
         raise InputError(f"unknown --model {cfg.model!r}; this repository provides 'dsrnet'")
     learned_only = [f for f, unset in (("gate_penalty", 0.0), ("gate_lr_mult", 1.0)) if getattr(cfg, f) != unset]
@@ -222,8 +232,7 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> argpars
     if cfg.init_weights != "ema" and not cfg.init_from and not cfg.resume:
         raise InputError(f"--init_weights {cfg.init_weights} picks the weights --init_from copies: add --init_from "
                          "CKPT or drop --init_weights")
-    cfg.amp = None if cfg.amp == "none" else cfg.amp
-    return cfg
+    return replace(cfg, amp=None if cfg.amp == "none" else cfg.amp)
 
 
 def check_amp(amp: str | None, device: torch.device) -> None:
@@ -237,7 +246,7 @@ def check_amp(amp: str | None, device: torch.device) -> None:
                          f"or AMX), which this {device.type.upper()} lacks: use --amp fp16 on a GPU, or drop --amp")
 
 
-def check_run(cfg: argparse.Namespace, world: int, device: torch.device) -> Path | None:
+def check_run(cfg: TrainConfig, world: int, device: torch.device) -> Path | None:
     """Refuse flags this machine or folder cannot run, before any data is read; returns the checkpoint to resume."""
     check_amp(cfg.amp, device)
     if cfg.batch_size % world:
@@ -299,7 +308,7 @@ def all_finite(net: Net) -> bool:
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
-def banner(cfg: argparse.Namespace, net: Net, device: torch.device, world: int, n_images: int, step: int) -> str:
+def banner(cfg: TrainConfig, net: Net, device: torch.device, world: int, n_images: int, step: int) -> str:
     """The start line; parameters counted as the README does (the mean shift's 24 frozen values apart)."""
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
@@ -319,7 +328,7 @@ def main(default_scale: int) -> None:
 class Solver:
     """Builds the net, optimizer, loss and data from the flags; :meth:`fit` is the training loop."""
 
-    def __init__(self, cfg: argparse.Namespace):
+    def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.rank, self.world, self.device = init_distributed(cfg.num_gpu)
         resume_path = check_run(cfg, self.world, self.device)

@@ -148,3 +148,14 @@ def test_no_file_imports_another_module_s_private_names(tmp_path):
     copy = tmp_path / "sample.py"
     copy.write_text("from dsrnet.data.pack import _hidden\n")
     assert private_imports([copy], tmp_path) == ["sample.py:1 imports dsrnet.data.pack._hidden"]
+
+
+def test_no_code_reads_argparses_private_parser_state():
+    """A parser's ``_actions`` and friends may change with any Python version: code outside the tests asks
+    a parser through its public API only."""
+    private = {"_actions", "_option_string_actions", "_defaults"}
+    found = [f"{path.relative_to(ROOT)}:{node.lineno} reads .{node.attr}"
+             for path in _project_files() if path.relative_to(ROOT).parts[0] != "tests"
+             for node in ast.walk(ast.parse(path.read_text(), str(path)))
+             if isinstance(node, ast.Attribute) and node.attr in private]
+    assert found == []

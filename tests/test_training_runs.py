@@ -140,6 +140,23 @@ def test_init_from_is_ignored_on_resume_with_a_note(pack, tmp_path, capsys):
     assert "--init_from " in capsys.readouterr().out
 
 
+def test_a_checkpoint_older_than_some_flags_resumes(pack, tmp_path, capsys):
+    """A recorded config without --ema and --init_weights (older runs) and with a flag since removed: the
+    missing ones are the old behaviour (no average, raw weights), the removed one is dropped."""
+    make(pack, tmp_path, "--max_steps", "2", "--lr", "3e-4").fit()
+    ckpt = tmp_path / "dsrnet_x2_2.pth"
+    saved = torch.load(ckpt, weights_only=True)
+    saved["config"] = {k: v for k, v in saved["config"].items() if k not in ("ema", "init_weights")}
+    saved["config"]["authors_only"] = True
+    torch.save(saved, ckpt)
+    capsys.readouterr()
+    cfg = parse_args(["--ckpt_dir", str(tmp_path), "--resume", "--max_steps", "4", "--ema", "0.5"])
+    assert (cfg.lr, cfg.ema, cfg.init_weights, cfg.train_data_path) == (3e-4, 0.5, "raw", str(pack))
+    assert "note: resuming with changed --ema 0.0 -> 0.5: the run no longer matches" in capsys.readouterr().out
+    assert Solver(cfg).fit() == 4
+    assert "authors_only" not in read_checkpoint(tmp_path / "dsrnet_x2_4.pth")["config"]
+
+
 def test_training_banner_counts_parameters_as_the_readme(pack, tmp_path):
     s = make(pack, tmp_path)
     line = solver_module.banner(s.cfg, s.net, s.device, s.world, len(s.dataset), s.step)

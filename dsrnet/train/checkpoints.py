@@ -7,7 +7,6 @@ averaged weights (``model_ema``, see :mod:`dsrnet.train.ema`).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import io
 import os
@@ -22,6 +21,7 @@ import torch
 
 from dsrnet.errors import InputError
 from dsrnet.files import atomic_write_bytes
+from dsrnet.train.config import NETWORK, TrainConfig
 from dsrnet.train.distributed import print_rank0
 from dsrnet.train.ema import WeightAverage
 from dsrnet.train.rng import capture_rng_states, restore_rng_states
@@ -75,21 +75,13 @@ def find_resume(resume: str, ckpt_dir: Path, name: str, name_given: bool = True)
     return path
 
 
-# Flags that change the network's tensors: a checkpoint resumes only into the same ones.
-MODEL_FLAGS = ("model", "scale", "group")
-# Flags a resume may change, at the price of no longer matching an uninterrupted run.
-RUN_FLAGS = ("lr", "decay", "clip", "loss_fn", "batch_size", "patch_size", "seed", "gate", "gate_tau", "gate_tau_min",
-             "gate_lr_mult", "gate_penalty", "amp", "ema",
-             "train_data_path", "deterministic")
-
-
-def _header(cfg: argparse.Namespace, step: int, net: Net, env: dict) -> dict:
+def _header(cfg: TrainConfig, step: int, net: Net, env: dict) -> dict:
     """What every checkpoint of a run holds: what sample.py loads (weights, scale, group) and its provenance."""
     return {"model": net.state_dict(), "scale": cfg.scale, "group": cfg.group, "step": step, "seed": cfg.seed,
-            "config": vars(cfg), "environment": env}
+            "config": cfg.to_dict(), "environment": env}
 
 
-def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: torch.optim.Optimizer,
+def training_checkpoint(cfg: TrainConfig, step: int, net: Net, optim: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, loss_sum: float, loss_count: int, world: int,
                         env: dict, train_data: dict, pending_row: dict | None,
                         ema: WeightAverage | None = None) -> dict:
@@ -114,21 +106,21 @@ def training_checkpoint(cfg: argparse.Namespace, step: int, net: Net, optim: tor
     }
 
 
-def weights_checkpoint(cfg: argparse.Namespace, step: int, net: Net, scores: dict[str, float], env: dict,
+def weights_checkpoint(cfg: TrainConfig, step: int, net: Net, scores: dict[str, float], env: dict,
                        averaged: bool = False) -> dict:
     """A small file sample.py loads (no training state): the weights at ``step`` and their validation scores;
     ``averaged``: the net holds a run's averaged weights (recorded as ``weights: "ema"``)."""
     return {**_header(cfg, step, net, env), "valid": scores, **({"weights": "ema"} if averaged else {})}
 
 
-def read_resumable(path: Path, cfg: argparse.Namespace) -> dict:
+def read_resumable(path: Path, cfg: TrainConfig) -> dict:
     """The checkpoint at ``path`` if this run can continue it: it has a training state and the same network."""
     ckpt = read_checkpoint(path)
     saved = ckpt.get("config", {})
     if ckpt.get("train_state") is None:
         raise InputError(f"{path} holds weights but no training state, so it cannot be resumed; "
                          "start a new run from it with --init_from")
-    for flag in MODEL_FLAGS:
+    for flag in NETWORK:  # a checkpoint resumes only into the same tensors
         if saved.get(flag) != getattr(cfg, flag):
             raise InputError(f"cannot resume {path}: it was trained with --{flag} {saved.get(flag)}, "
                              f"this run has --{flag} {getattr(cfg, flag)}; pass the same value, or "

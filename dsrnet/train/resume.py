@@ -6,28 +6,16 @@ the checkpoint: the folder is where --resume found it, and x2/x3/x4/train.py eac
 """
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from dsrnet.train.checkpoints import MODEL_FLAGS, RUN_FLAGS, find_resume
+from dsrnet.train.checkpoints import find_resume
+from dsrnet.train.config import NETWORK, NOT_INHERITED, RECIPE, TrainConfig
 from dsrnet.train.distributed import print_rank0
 from model import read_checkpoint
-
-# Not part of a run's recipe: where to find it, the network the entry point names, how a new run starts.
-NOT_INHERITED = ("resume", "ckpt_dir", "scale", "init_from", "init_weights")
-
-
-def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """The flags (dests) the command line sets itself: parsed again with every default suppressed.
-
-    The parser is changed in place; build a fresh one for other uses.
-    """
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
 
 
 def _same(a: object, b: object) -> bool:
@@ -37,33 +25,33 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-def apply_resume_defaults(cfg: argparse.Namespace, given: set[str]) -> None:
-    """Fill every flag not given from the checkpoint --resume names, and point --resume at that file."""
+def resume_config(cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    """``cfg`` with every setting not given taken from the checkpoint --resume names, and --resume pointing at
+    that file; ``given``: the settings the command line gave."""
     path = find_resume(cfg.resume, Path(cfg.ckpt_dir), cfg.ckpt_name, name_given="ckpt_name" in given)
-    saved = {"ema": 0.0, **(read_checkpoint(path).get("config") or {})}  # runs before --ema had no average
-    for key, value in saved.items():
-        if hasattr(cfg, key) and key not in given and key not in NOT_INHERITED:
-            setattr(cfg, key, value)
+    # runs before --init_weights copied raw weights; before --ema, they had no average (the default)
+    saved = TrainConfig.from_dict({"init_weights": "raw", **(read_checkpoint(path).get("config") or {})})
+    resumed = cfg.resumed_from(saved, given)
     if cfg.resume == "latest":
-        cfg.ckpt_name = path.stem.rsplit("_", 1)[0]  # the run found there
+        resumed = replace(resumed, ckpt_name=path.stem.rsplit("_", 1)[0])  # the run found there
     elif "ckpt_dir" not in given:
-        cfg.ckpt_dir = str(path.parent)  # continue where the run lives
+        resumed = replace(resumed, ckpt_dir=str(path.parent))  # continue where the run lives
     if "init_from" in given:
         print_rank0(f"note: --init_from {cfg.init_from} is ignored with --resume (it only starts a new run)")
     if "init_weights" in given:
         print_rank0(f"note: --init_weights {cfg.init_weights} is ignored with --resume (it only starts a new run)")
-    cfg.init_from = saved.get("init_from")  # how the run once started, for the record
-    cfg.init_weights = saved.get("init_weights", "raw")
-    cfg.resume = str(path)
-    note_overrides(saved, cfg, given)
+    resumed = replace(resumed, init_from=saved.init_from,  # how the run once started, for the record
+                      init_weights=saved.init_weights, resume=str(path))
+    note_overrides(saved, resumed, given)
+    return resumed
 
 
-def note_overrides(saved: dict, cfg: argparse.Namespace, given: set[str]) -> None:
+def note_overrides(saved: TrainConfig, cfg: TrainConfig, given: set[str]) -> None:
     """One line for the given flags that change the math, one for the others; CPU runs are deterministic anyway."""
-    skip = {*NOT_INHERITED, *MODEL_FLAGS} | (set() if torch.cuda.is_available() else {"deterministic"})
-    changed = [f for f in sorted(given - skip) if f in saved and not _same(saved[f], getattr(cfg, f))]
-    math = [f"--{f} {saved[f]} -> {getattr(cfg, f)}" for f in changed if f in RUN_FLAGS]
-    other = [f"--{f} {saved[f]} -> {getattr(cfg, f)}" for f in changed if f not in RUN_FLAGS]
+    skip = {*NOT_INHERITED, *NETWORK} | (set() if torch.cuda.is_available() else {"deterministic"})
+    changed = [f for f in sorted(given - skip) if not _same(getattr(saved, f), getattr(cfg, f))]
+    math = [f"--{f} {getattr(saved, f)} -> {getattr(cfg, f)}" for f in changed if f in RECIPE]
+    other = [f"--{f} {getattr(saved, f)} -> {getattr(cfg, f)}" for f in changed if f not in RECIPE]
     if math:
         print_rank0(f"note: resuming with changed {', '.join(math)}: the run no longer matches an uninterrupted one")
     if other:

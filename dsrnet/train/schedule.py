@@ -5,10 +5,10 @@ learned gate trains in an Adam group of its own, whose lr is --gate_lr_mult time
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
+from dsrnet.train.config import TrainConfig
 from model import GateRouter, Net
 
 
@@ -39,7 +39,7 @@ def param_groups(net: Net, gate: str) -> list[dict]:
     return [{"params": [params[n] for n in group]} for group in group_names(net, gate)]
 
 
-def set_schedules(optim: torch.optim.Optimizer, router: GateRouter, cfg: argparse.Namespace, step: int) -> float:
+def set_schedules(optim: torch.optim.Optimizer, router: GateRouter, cfg: TrainConfig, step: int) -> float:
     """Set this step's lr (the learned gate's group: --gate_lr_mult times it) and gate temperature; returns the lr."""
     lr = get_lr(step, cfg.lr, cfg.decay)
     for group, mult in zip(optim.param_groups, (1.0, cfg.gate_lr_mult)):

@@ -1,7 +1,6 @@
 """Validation while training: the scores sample.py would give the checkpoint, computed on the live net."""
 from __future__ import annotations
 
-import argparse
 import copy
 from pathlib import Path
 
@@ -9,12 +8,13 @@ import torch
 
 from dsrnet.data.layouts import TestSet
 from dsrnet.evaluation import evaluate_set
+from dsrnet.train.config import TrainConfig
 from dsrnet.upscale import network_method
 from model import Net
 from model.precision import fast_memory_format, memory_format_of, tf32
 
 
-def score_valid_sets(net: Net, valid_sets: list[TestSet], device: torch.device, cfg: argparse.Namespace,
+def score_valid_sets(net: Net, valid_sets: list[TestSet], device: torch.device, cfg: TrainConfig,
                      step: int) -> dict[str, float]:
     """PSNR/SSIM on --valid_data_dir with sample.py's protocol and its deterministic gate.
 
