@@ -29,13 +29,13 @@ from typing import Callable
 import numpy as np
 
 import sample
-from dsrnet.data.pack import pack_hr_folder
-from dsrnet.data.images import write_image
-from dsrnet.files import atomic_write_bytes
 from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.data.images import write_image
+from dsrnet.data.pack import pack_hr_folder
 from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult
+from dsrnet.files import atomic_write_bytes
 from dsrnet.provenance import environment, git_description
 from dsrnet.train.rng import NUMPY_MAX_SEED
 from model import read_checkpoint, scale_name

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from dsrnet.data.imresize import imresize
-from dsrnet.files import ensure_writable
-from dsrnet.data.layouts import find_test_set, list_input_images
 from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.cli import HelpFormatter, check_seed, pick_device, run_cli
+from dsrnet.data.imresize import imresize
+from dsrnet.data.layouts import find_test_set, list_input_images
 from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult, evaluate_routed, evaluate_set, markdown_table, method_sr_folder
+from dsrnet.files import ensure_writable
 from dsrnet.metrics import PROTOCOLS, QUANTIZE_MODES
 from dsrnet.reports import check_report_writable, report_settings, write_report
 from dsrnet.upscale import Method, bicubic_method, network_method, plan_outputs, upscale_inputs

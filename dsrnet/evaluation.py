@@ -19,9 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from dsrnet.data.images import write_image
-from dsrnet.files import atomic_write_bytes
 from dsrnet.data.layouts import ImagePair, TestSet, load_pair
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_write_bytes
 from dsrnet.metrics import check_scorable, psnr_y, ssim_y
 from model.dsrnet import Net
 from model.flops import flops_per_lr_pixel, upsampler_groups

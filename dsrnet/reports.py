@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from dsrnet.files import atomic_write_bytes, ensure_writable
 from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult, per_image_csv_beside, write_per_image_csv
+from dsrnet.files import atomic_write_bytes, ensure_writable
 from dsrnet.provenance import environment
 from model import file_sha256
 

@@ -13,7 +13,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import (
     IMAGE_EXTENSIONS,
     Planes,
@@ -23,8 +22,9 @@ from dsrnet.data.images import (
     read_planes,
     write_image,
 )
-from dsrnet.files import ensure_writable
+from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
+from dsrnet.files import ensure_writable
 from dsrnet.metrics import luma, to_uint8, to_uint16
 from model.inference import super_resolve
 

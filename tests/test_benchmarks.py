@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsrnet.data.pack import pack_hr_folder
-from dsrnet.data.images import read_image, write_image
 from dsrnet.cli import USER_ERRORS
+from dsrnet.data.images import read_image, write_image
+from dsrnet.data.pack import pack_hr_folder
 from dsrnet.errors import InputError
 from model import Net
 from tools.benchmarks import alternatives, inference, memory_format, training

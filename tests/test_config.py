@@ -5,8 +5,8 @@ from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
-from dsrnet.train.resume import note_overrides
 from dsrnet.train.config import SETTINGS, TrainConfig
+from dsrnet.train.resume import note_overrides
 from solver import build_parser, given_flags, parse_args
 
 

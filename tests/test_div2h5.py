@@ -14,11 +14,11 @@ import pytest
 
 import dsrnet.data.pack as pack
 from dataset.div2h5 import main
-from dsrnet.data.pack import pack_div2k, pack_hr_folder
-from dsrnet.data.imresize import imresize, modcrop
-from dsrnet.data.images import read_image, write_image
-from dsrnet.data.train_data import TrainDataset
 from dsrnet.cli import run_cli
+from dsrnet.data.images import read_image, write_image
+from dsrnet.data.imresize import imresize, modcrop
+from dsrnet.data.pack import pack_div2k, pack_hr_folder
+from dsrnet.data.train_data import TrainDataset
 from dsrnet.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

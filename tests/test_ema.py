@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import sample
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
-from dsrnet.train.ema import WeightAverage
+from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
+from dsrnet.train.ema import WeightAverage
 from model import CheckpointError, Net, load_checkpoint, read_checkpoint
 from model.precision import bf16_supported
 from solver import Solver, parse_args

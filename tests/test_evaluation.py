@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
+from dsrnet.data.imresize import imresize
 from dsrnet.data.layouts import find_test_set
 from dsrnet.evaluation import evaluate_set, markdown_table
 from dsrnet.metrics import psnr_y

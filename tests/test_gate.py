@@ -16,13 +16,13 @@ import pytest
 import torch
 
 import sample
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import read_image, write_image
+from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
+from dsrnet.train.schedule import get_gate_tau
 from model import GATE_MODES, Net, load_checkpoint, read_checkpoint
 from model.flops import count_flops, flops_per_lr_pixel, meta_net
 from model.inference import learned_decision, super_resolve
-from dsrnet.train.schedule import get_gate_tau
 from solver import Solver, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,12 +12,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dsrnet.data.pack import pack_hr_folder
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import read_image, read_planes, write_image
-from dsrnet.files import atomic_write_bytes
+from dsrnet.data.imresize import imresize
 from dsrnet.data.layouts import find_test_set, load_pair
+from dsrnet.data.pack import pack_hr_folder
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_write_bytes
 
 RNG = np.random.default_rng(0)
 WIDE = RNG.integers(0, 65536, (12, 10), dtype=np.uint16)  # 16-bit samples, all values likely

@@ -17,8 +17,8 @@ if __name__ == "__main__":  # script mode: make the repo root importable, as pyt
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import need_set  # noqa: E402
-from dsrnet.data.imresize import imresize, modcrop  # noqa: E402
 from dsrnet.data.images import read_image  # noqa: E402
+from dsrnet.data.imresize import imresize, modcrop  # noqa: E402
 from dsrnet.errors import InputError  # noqa: E402
 
 SETS = ("Set5", "Set14", "BSD100")

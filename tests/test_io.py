@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dsrnet.data.images import read_image, write_image
-from dsrnet.files import atomic_path, atomic_write_bytes, ensure_writable
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_path, atomic_write_bytes, ensure_writable
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import pytest
 
 import dsrnet.data.imresize as imresize_mod
 from conftest import need_set
-from dsrnet.data.imresize import imresize, modcrop
 from dsrnet.data.images import read_image, write_image
+from dsrnet.data.imresize import imresize, modcrop
 from dsrnet.data.layouts import (
     ImagePair,
     TestSet,

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from dsrnet.data.imresize import imresize
-from dsrnet.train.distributed import init_distributed
 from dsrnet.errors import InputError
+from dsrnet.train.distributed import init_distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageOps
 
 import sample
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import image_size, png16, read_planes, upright, write_image
+from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
 from dsrnet.metrics import luma, to_uint16
 from model import load_checkpoint

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 import sample
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
+from dsrnet.data.imresize import imresize
 from dsrnet.data.layouts import find_test_set
 from dsrnet.evaluation import evaluate_set
 from dsrnet.metrics import luma

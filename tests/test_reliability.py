@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from dsrnet.data.pack import pack_hr_folder
-from dsrnet.data.images import write_image
-from dsrnet.files import atomic_write_bytes, stale_temps
 from dsrnet.cli import run_cli
+from dsrnet.data.images import write_image
+from dsrnet.data.pack import pack_hr_folder
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_write_bytes, stale_temps
 from dsrnet.train.run_lock import LOCK_NAME, RunLock
 from model import Net, read_checkpoint
 from solver import Solver, parse_args

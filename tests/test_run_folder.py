@@ -24,8 +24,8 @@ import torch
 
 import dsrnet.train.checkpoints as checkpoints
 import solver as solver_module
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
+from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
 from model import read_checkpoint
 from solver import Solver, parse_args

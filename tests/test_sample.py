@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import sample
-from dsrnet.data.images import read_image, write_image
 from dsrnet.cli import USER_ERRORS
+from dsrnet.data.images import read_image, write_image
 from dsrnet.errors import InputError
 from dsrnet.metrics import psnr_y
 from model import Net, load_checkpoint

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import sample
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import read_planes, write_image
+from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
 from dsrnet.metrics import luma, to_uint8
 from model import Net, load_checkpoint

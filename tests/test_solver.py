@@ -22,11 +22,11 @@ import pytest
 import torch
 
 import sample
-import dsrnet.upscale as upscale_module
 import dsrnet.train.validation as validation_module
+import dsrnet.upscale as upscale_module
 import solver as solver_module
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
+from dsrnet.data.imresize import imresize
 from dsrnet.data.train_data import StepSampler
 from dsrnet.errors import InputError
 from dsrnet.train.rng import capture_rng_states, restore_rng_states

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dsrnet.data.pack import pack_hr_folder
 from dsrnet.data.imresize import imresize
+from dsrnet.data.pack import pack_hr_folder
 from dsrnet.data.train_data import TrainDataset
 from dsrnet.errors import InputError
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from dsrnet.data.imresize import imresize
 from dsrnet.data.images import write_image
+from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
 from model import load_checkpoint, read_checkpoint
 import solver as solver_module

@@ -22,9 +22,9 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from dsrnet.files import atomic_path, ensure_writable
 from dsrnet.cli import HelpFormatter, run_cli
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_path, ensure_writable
 from dsrnet.provenance import environment
 from model import GATE_MODES, load_checkpoint, scale_name
 from model.dsrnet import SCALES, Net

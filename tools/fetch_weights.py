@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from dsrnet.files import atomic_path
 from dsrnet import AUTHORS_WEIGHTS
 from dsrnet.cli import HelpFormatter, run_cli
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_path
 
 REPOSITORY = "hellloxiaotian/DSRNet"
 COMMIT = "01b6ad9cab6ab1aa26ae0a268341947567b9fac5"

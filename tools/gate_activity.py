@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsrnet.data.layouts import find_test_set, load_pair
 from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.data.layouts import find_test_set, load_pair
 from dsrnet.metrics import psnr_y, to_uint8
 from model import Net, load_checkpoint
 from model.inference import image_to_tensor

@@ -32,13 +32,13 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from matplotlib.patches import Rectangle
 
-from dsrnet.data.imresize import imresize
-from dsrnet.data.images import read_image
-from dsrnet.files import atomic_write_bytes
-from dsrnet.data.layouts import TestSet, find_test_set, load_pair
 from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.data.images import read_image
+from dsrnet.data.imresize import imresize
+from dsrnet.data.layouts import TestSet, find_test_set, load_pair
 from dsrnet.errors import InputError
 from dsrnet.evaluation import evaluate_set, method_sr_folder, per_image_csv_beside, sr_image_path
+from dsrnet.files import atomic_write_bytes
 from dsrnet.metrics import rgb_to_y
 from model import CheckpointError, read_checkpoint
 

@@ -21,12 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import model.dsrnet as dsrnet
-from dsrnet.files import ensure_writable
 from dsrnet.cli import HelpFormatter, run_cli
 from dsrnet.errors import InputError
+from dsrnet.files import ensure_writable
 from dsrnet.provenance import environment
 from model import load_checkpoint
+import model.dsrnet as dsrnet
 from model.inference import image_to_tensor
 from tools.benchmarks.inference import find_weights
 from tools.benchmarks.report import printed_to, provenance, require_at_least

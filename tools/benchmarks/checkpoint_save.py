@@ -19,9 +19,9 @@ from unittest import mock
 
 import torch
 
+from dsrnet.cli import HelpFormatter, run_cli
 from dsrnet.files import ensure_writable
 from dsrnet.train.checkpoints import save_checkpoint
-from dsrnet.cli import HelpFormatter, run_cli
 from tools.benchmarks.report import require_at_least
 from dsrnet.train.rng import capture_rng_states
 from model import Net

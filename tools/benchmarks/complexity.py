@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from dsrnet.files import atomic_write_bytes, ensure_writable
 from dsrnet.cli import HelpFormatter, pick_device, run_cli
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_write_bytes, ensure_writable
 from dsrnet.provenance import environment, git_description
 from model import SCALES, Net, file_sha256, load_checkpoint, read_checkpoint, scale_name
 from model.flops import count_flops, meta_net

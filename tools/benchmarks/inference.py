@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 import sample
+from dsrnet.cli import HelpFormatter, pick_device, run_cli
 from dsrnet.data.layouts import find_test_set, load_pair
+from dsrnet.errors import InputError
 from dsrnet.evaluation import require_scorable
 from dsrnet.files import ensure_writable
 from dsrnet.metrics import psnr_y, ssim_y, to_uint8
-from dsrnet.cli import HelpFormatter, pick_device, run_cli
-from dsrnet.errors import InputError
 from dsrnet.provenance import environment
 from model import load_checkpoint, read_checkpoint, scale_name
 from model.dsrnet import Net, is_authors_state_dict

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from dsrnet.files import ensure_writable
 from dsrnet.cli import HelpFormatter, pick_device, run_cli
 from dsrnet.errors import InputError
+from dsrnet.files import ensure_writable
 from dsrnet.provenance import environment
 from model.dsrnet import SCALES, Net
 from model.precision import bf16_supported, tf32

@@ -12,9 +12,9 @@ from typing import Iterator, TextIO
 
 import torch
 
-from dsrnet.files import atomic_write_bytes
 from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.errors import InputError
+from dsrnet.files import atomic_write_bytes
 from dsrnet.provenance import git_description
 
 # The authors' x2 file where users put it, then where CI keeps it (../shared, outside the repository).

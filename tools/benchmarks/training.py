@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dsrnet.files import ensure_writable
-from dsrnet.data.train_data import TrainDataset
 from dsrnet.cli import HelpFormatter, run_cli
+from dsrnet.data.train_data import TrainDataset
 from dsrnet.errors import InputError
+from dsrnet.files import ensure_writable
 from dsrnet.provenance import environment
 from model import SCALES, Net
 from model.precision import bf16_supported
