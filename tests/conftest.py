@@ -3,13 +3,17 @@ found where CI keeps it or where a user following the README put it, and skipped
 from __future__ import annotations
 
 import os
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Mapping
 
+import h5py
+import numpy as np
 import pytest
+
+from dsrnet.data.images import write_image
+from dsrnet.data.imresize import imresize
 
 ROOT = Path(__file__).resolve().parents[1]
 # A folder laid out like ../shared (weights/, data/benchmark/, data/train/Sun-Hays80/), looked at first.
@@ -121,3 +125,28 @@ def torchrun():
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                                "2", str(script), *args], capture_output=True, text=True, env=env, timeout=240)
     return run
+
+
+@pytest.fixture(scope="session")
+def x2_pack(tmp_path_factory) -> Path:
+    """Three 40x40 noise HR images with their x2 LR, in div2h5's layout: a training file for tiny runs."""
+    path = tmp_path_factory.mktemp("x2_pack") / "tiny.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for k in range(3):
+            hr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            f[f"HR/{k}"] = hr
+            f[f"X2/{k}"] = imresize(hr, 1 / 2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def x2_valid(tmp_path_factory) -> Path:
+    """A two-image SelfExSR-style x2 validation set of 24x24 noise HR images."""
+    root = tmp_path_factory.mktemp("x2_valid") / "Tiny"
+    rng = np.random.default_rng(1)
+    for k in (1, 2):
+        hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_HR.png", hr)
+        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_LR.png", imresize(hr, 1 / 2))
+    return root

@@ -10,14 +10,10 @@ import json
 import shutil
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 import torch
 
 import sample
-from dsrnet.data.images import write_image
-from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
 from dsrnet.train.ema import WeightAverage
 from model import CheckpointError, Net, load_checkpoint, read_checkpoint
@@ -33,33 +29,8 @@ TINY = ("--patch_size", "8", "--batch_size", "2", "--num_workers", "0", "--print
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory) -> Path:
-    """Three 40x40 HR images with their x2 LR, in div2h5's layout."""
-    path = tmp_path_factory.mktemp("pack") / "tiny.h5"
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for k in range(3):
-            hr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-            f[f"HR/{k}"] = hr
-            f[f"X2/{k}"] = imresize(hr, 1 / 2)
-    return path
-
-
-@pytest.fixture(scope="module")
-def valid(tmp_path_factory) -> Path:
-    """A two-image SelfExSR-style x2 validation set of 24x24 HR images."""
-    root = tmp_path_factory.mktemp("valid") / "Tiny"
-    rng = np.random.default_rng(1)
-    for k in (1, 2):
-        hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_HR.png", hr)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_LR.png", imresize(hr, 1 / 2))
-    return root
-
-
-def make(pack: Path, ckpt_dir: Path, *args: str) -> Solver:
-    return Solver(parse_args(["--train_data_path", str(pack), "--ckpt_dir", str(ckpt_dir), "--ckpt_name", "run",
+def make(x2_pack: Path, ckpt_dir: Path, *args: str) -> Solver:
+    return Solver(parse_args(["--train_data_path", str(x2_pack), "--ckpt_dir", str(ckpt_dir), "--ckpt_name", "run",
                               *TINY, *args]))
 
 
@@ -74,11 +45,11 @@ def log_rows(ckpt_dir: Path) -> tuple[list[str], list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def ema_run(pack, valid, tmp_path_factory) -> dict:
+def ema_run(x2_pack, x2_valid, tmp_path_factory) -> dict:
     """Six steps with --ema, validated every 2: the initial weights, and at every optimizer step the raw weights
     just after it and the average just before its update."""
     folder = tmp_path_factory.mktemp("ema_run")
-    solver = make(pack, folder, "--max_steps", "6", "--ema", str(DECAY), "--valid_data_dir", str(valid))
+    solver = make(x2_pack, folder, "--max_steps", "6", "--ema", str(DECAY), "--valid_data_dir", str(x2_valid))
     start = snapshot(solver.net.state_dict())
     raw, before = [], []
     solver.optim.register_step_post_hook(lambda *_: (raw.append(snapshot(solver.net.state_dict())),
@@ -118,8 +89,8 @@ def test_average_follows_the_recurrence_from_the_initial_weights(ema_run):
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bfloat16 for --amp")
-def test_the_average_stays_float32_under_amp(pack, tmp_path):
-    make(pack, tmp_path, "--max_steps", "2", "--amp", "bf16", "--ema", "0.9").fit()
+def test_the_average_stays_float32_under_amp(x2_pack, tmp_path):
+    make(x2_pack, tmp_path, "--max_steps", "2", "--amp", "bf16", "--ema", "0.9").fit()
     saved = read_checkpoint(tmp_path / "run_2.pth")
     assert all(v.dtype == torch.float32 for v in saved["model_ema"].values())
     assert not torch.equal(saved["model_ema"]["residual_enhancement.conv1.weight"],
@@ -140,7 +111,7 @@ def test_frozen_mean_shift_is_copied_not_averaged():
     assert sum(k.startswith(("sub_mean.", "construction.add_mean.")) for k in state) == 4
 
 
-def test_validation_and_best_final_use_the_average_and_the_log_says_so(ema_run, valid, tmp_path):
+def test_validation_and_best_final_use_the_average_and_the_log_says_so(ema_run, x2_valid, tmp_path):
     folder = ema_run["dir"]
     fields, rows = log_rows(folder)
     assert fields == ["step", "loss", "lr", "samples_per_s", "ema_decay", "Tiny_x2_psnr", "Tiny_x2_ssim"]
@@ -148,25 +119,25 @@ def test_validation_and_best_final_use_the_average_and_the_log_says_so(ema_run, 
     final = read_checkpoint(folder / "run_final.pth")
     assert final["weights"] == "ema" and "model_ema" not in final
     assert all(torch.equal(v, ema_run["average"][-1][k]) for k, v in final["model"].items())
-    args = ["--test_data_dir", str(valid), "--no_save", "--quiet"]
+    args = ["--test_data_dir", str(x2_valid), "--no_save", "--quiet"]
     assert sample.main(["--ckpt_path", str(folder / "run_6.pth"), *args])[0].psnr == pytest.approx(
         float(rows[-1]["Tiny_x2_psnr"]), abs=1e-4)  # the logged score is the average's
     with pytest.raises(CheckpointError, match="holds only averaged weights"):
         sample.main(["--ckpt_path", str(folder / "run_final.pth"), "--weights", "raw", *args])
 
 
-def test_sample_scores_the_average_by_default_and_raw_on_request(ema_run, valid, tmp_path):
+def test_sample_scores_the_average_by_default_and_raw_on_request(ema_run, x2_valid, tmp_path):
     step6 = read_checkpoint(ema_run["dir"] / "run_6.pth")
     scores = {}
     for name, extra in (("default", []), ("raw", ["--weights", "raw"]), ("ema", ["--weights", "ema"])):
         report = tmp_path / f"{name}.json"
-        sample.main(["--ckpt_path", str(ema_run["dir"] / "run_6.pth"), "--test_data_dir", str(valid), "--no_save",
+        sample.main(["--ckpt_path", str(ema_run["dir"] / "run_6.pth"), "--test_data_dir", str(x2_valid), "--no_save",
                      "--quiet", "--report", str(report), *extra])
         doc = json.loads(report.read_text())
         scores[name] = doc["results"][0]["psnr"], doc["settings"]["weights"]
     for name, key in (("ema_only", "model_ema"), ("raw_only", "model")):  # the tensors alone, in a plain file
         torch.save({"model": step6[key]}, tmp_path / f"{name}.pth")
-        scores[name] = sample.main(["--ckpt_path", str(tmp_path / f"{name}.pth"), "--test_data_dir", str(valid),
+        scores[name] = sample.main(["--ckpt_path", str(tmp_path / f"{name}.pth"), "--test_data_dir", str(x2_valid),
                                     "--no_save", "--quiet"])[0].psnr
     assert scores["default"] == scores["ema"] == (scores["ema_only"], "ema")
     assert scores["raw"] == (scores["raw_only"], "raw")
@@ -174,21 +145,21 @@ def test_sample_scores_the_average_by_default_and_raw_on_request(ema_run, valid,
     assert load_checkpoint(ema_run["dir"] / "run_6.pth").weights == "ema"
 
 
-def test_a_checkpoint_without_an_average_behaves_as_before(pack, valid, tmp_path):
+def test_a_checkpoint_without_an_average_behaves_as_before(x2_pack, x2_valid, tmp_path):
     plain = tmp_path / "plain"
-    make(pack, plain, "--max_steps", "2", "--valid_data_dir", str(valid)).fit()
+    make(x2_pack, plain, "--max_steps", "2", "--valid_data_dir", str(x2_valid)).fit()
     step2, final = read_checkpoint(plain / "run_2.pth"), read_checkpoint(plain / "run_final.pth")
     assert "model_ema" not in step2 and "model_ema" not in final and "weights" not in final
     assert log_rows(plain)[0] == ["step", "loss", "lr", "samples_per_s", "Tiny_x2_psnr", "Tiny_x2_ssim"]
     net = load_checkpoint(plain / "run_2.pth")
     assert net.weights == "raw" and all(torch.equal(v, step2["model"][k]) for k, v in net.state_dict().items())
-    args = ["--ckpt_path", str(plain / "run_2.pth"), "--test_data_dir", str(valid), "--no_save", "--quiet"]
+    args = ["--ckpt_path", str(plain / "run_2.pth"), "--test_data_dir", str(x2_valid), "--no_save", "--quiet"]
     assert sample.main(args)[0].psnr == sample.main([*args, "--weights", "raw"])[0].psnr
     with pytest.raises(CheckpointError, match="holds no averaged weights .* drop --weights ema"):
         sample.main([*args, "--weights", "ema"])
 
 
-def test_resume_with_ema_is_exact(ema_run, pack, valid, tmp_path):
+def test_resume_with_ema_is_exact(ema_run, x2_pack, x2_valid, tmp_path):
     """A run resumed at step 2 ends with the straight run's raw weights, average, Adam state and final file."""
     a, b = ema_run["dir"], tmp_path / "b"
     b.mkdir()
@@ -204,8 +175,8 @@ def test_resume_with_ema_is_exact(ema_run, pack, valid, tmp_path):
     assert fa["valid"] == fb["valid"] and all(torch.equal(v, fb["model"][k]) for k, v in fa["model"].items())
 
 
-def test_turning_ema_on_at_resume_starts_from_the_resumed_weights(pack, tmp_path, capsys):
-    make(pack, tmp_path / "c", "--max_steps", "2").fit()
+def test_turning_ema_on_at_resume_starts_from_the_resumed_weights(x2_pack, tmp_path, capsys):
+    make(x2_pack, tmp_path / "c", "--max_steps", "2").fit()
     capsys.readouterr()
     Solver(parse_args(["--resume", str(tmp_path / "c" / "run_2.pth"), "--ema", "0.5", "--max_steps", "3",
                        "--print_interval", "1"])).fit()
@@ -217,10 +188,10 @@ def test_turning_ema_on_at_resume_starts_from_the_resumed_weights(pack, tmp_path
         assert torch.allclose(v, 0.5 * w2[k] + 0.5 * step3["model"][k], rtol=0, atol=1e-7), k
 
 
-def test_init_from_takes_the_average_unless_told_otherwise(ema_run, pack, tmp_path, capsys):
+def test_init_from_takes_the_average_unless_told_otherwise(ema_run, x2_pack, tmp_path, capsys):
     source = read_checkpoint(ema_run["dir"] / "run_6.pth")
     for weights, key in (("ema", "model_ema"), ("raw", "model")):
-        solver = make(pack, tmp_path / weights, "--init_from", str(ema_run["dir"] / "run_6.pth"),
+        solver = make(x2_pack, tmp_path / weights, "--init_from", str(ema_run["dir"] / "run_6.pth"),
                       "--init_weights", weights, "--ema", "0.9")
         own = solver.net.state_dict()
         assert all(torch.equal(own[k], v) for k, v in source[key].items()), weights
@@ -240,13 +211,12 @@ torch.save(solver.ema.state_dict(), os.path.join(os.environ["DUMP"], "rank%s.pt"
 """
 
 
-
-def test_ddp_ranks_hold_the_same_average_and_resume_exactly(pack, tmp_path, torchrun):
+def test_ddp_ranks_hold_the_same_average_and_resume_exactly(x2_pack, tmp_path, torchrun):
     """gloo, 2 ranks x 1 sample: straight to step 4, then resumed from step 2 (the straight step 4 is set aside)."""
     script = tmp_path / "ddp_ema.py"
     script.write_text(DDP_SCRIPT)
     ck = tmp_path / "ck"
-    common = ["--train_data_path", str(pack), "--ckpt_dir", str(ck), "--ckpt_name", "run", *TINY,
+    common = ["--train_data_path", str(x2_pack), "--ckpt_dir", str(ck), "--ckpt_name", "run", *TINY,
               "--max_steps", "4", "--num_gpu", "2", "--ema", str(DECAY)]
     first = torchrun(script, tmp_path / "straight", *common)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from dsrnet.data.images import read_image, write_image
 from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
 from dsrnet.train.schedule import get_gate_tau
-from model import GATE_MODES, Net, load_checkpoint, read_checkpoint
+from model import GATE_MODES, GateRouter, Net, load_checkpoint, read_checkpoint
 from model.flops import count_flops, flops_per_lr_pixel, meta_net
 from model.inference import learned_decision, super_resolve
 from solver import Solver, parse_args
@@ -72,6 +73,19 @@ def make(h5: Path, ckpt_dir: Path, *args: str) -> Solver:
 
 
 # ------------------------------------------------------------------------------------------ the model
+
+def test_the_router_returns_from_evaluation_as_it_was():
+    """Mode, noise stream (not reseeded) and the open interval's routing count come back after the block."""
+    router = GateRouter("learned", seed=3)
+    router.learned_route(torch.zeros(4, 2), training=True)
+    router.count_routes(1, 4)
+    noise = router.generator.get_state()
+    with router.evaluating("selected"):
+        assert router.mode == "selected" and not router.routed
+        router.count("selected", 2)
+    assert router.mode == "learned" and dict(router.routed) == {"selected": 3, "fixed": 1}
+    assert torch.equal(router.generator.get_state(), noise)
+
 
 def test_only_the_learned_gate_gets_gradients():
     x = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(0))
@@ -224,6 +238,45 @@ def test_learned_gate_trains_logs_and_resumes_bit_exactly(tiny_h5, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["2", "4", "6", "8"]
     assert all(0.0 <= float(r["fixed_share"]) <= 1.0 for r in rows)
+
+
+def test_a_validation_or_a_stop_mid_interval_changes_no_learned_gate_run(tiny_h5, x2_valid, tmp_path):
+    """Validating at step 2 neither draws nor reseeds the gate's noise; a SIGINT in step 3 saves the open log
+    interval's routing count, so the resumed run logs step 4's fixed_share as the straight run does."""
+    torch.manual_seed(0)
+    start = Net(scale=2)
+    with torch.no_grad():
+        start.wide_enhancement.gate.fc2.bias.zero_()  # an even split: a lost count would change the share
+    torch.save({"model": start.state_dict()}, tmp_path / "start.pth")
+    common = ("--gate", "learned", "--max_steps", "4", "--log_interval", "4",
+              "--init_from", str(tmp_path / "start.pth"))
+    straight = make(tiny_h5, tmp_path / "a", *common, "--print_interval", "4")
+    straight.fit()
+    validated = make(tiny_h5, tmp_path / "v", *common, "--print_interval", "2", "--valid_data_dir", str(x2_valid))
+    validated.fit()
+    stopped = make(tiny_h5, tmp_path / "s", *common, "--print_interval", "4")
+    loss_fn, calls = stopped.loss_fn, []
+
+    def sigint_in_step_3(sr, hr):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss_fn(sr, hr)
+    stopped.loss_fn = sigint_in_step_3
+    with pytest.raises(SystemExit):
+        stopped.fit()
+    resumed = make(tiny_h5, tmp_path / "s", *common, "--print_interval", "4", "--resume")
+    assert resumed.step == 3
+    resumed.fit()
+    for other in (validated, resumed):
+        for (name, p), q in zip(straight.net.state_dict().items(), other.net.state_dict().values()):
+            assert torch.equal(p, q), name
+
+    def share_at_4(folder: Path) -> float:
+        with open(folder / "log.csv", newline="") as f:
+            return next(float(r["fixed_share"]) for r in csv.DictReader(f) if r["step"] == "4")
+    assert 0.0 < share_at_4(tmp_path / "a") < 1.0
+    assert share_at_4(tmp_path / "s") == share_at_4(tmp_path / "a")
 
 
 def test_learned_only_flags_are_refused_elsewhere(tiny_h5, tmp_path):

@@ -13,13 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 import torch
 
-from dsrnet.data.images import write_image
-from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
 from model import load_checkpoint, read_checkpoint
 import solver as solver_module
@@ -31,36 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory) -> Path:
-    """Three 40x40 HR images with their x2 LR, in div2h5's layout."""
-    path = tmp_path_factory.mktemp("pack") / "tiny.h5"
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for k in range(3):
-            hr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-            f[f"HR/{k}"] = hr
-            f[f"X2/{k}"] = imresize(hr, 1 / 2)
-    return path
-
-
-@pytest.fixture(scope="module")
-def valid(tmp_path_factory) -> Path:
-    """A two-image SelfExSR-style x2 validation set of 24x24 HR images."""
-    root = tmp_path_factory.mktemp("valid") / "Tiny"
-    rng = np.random.default_rng(1)
-    for k in (1, 2):
-        hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_HR.png", hr)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_LR.png", imresize(hr, 1 / 2))
-    return root
-
-
 TINY = ("--patch_size", "8", "--batch_size", "2", "--num_workers", "0", "--print_interval", "2", "--log_interval", "2")
 
 
-def make(pack: Path, ckpt_dir: Path, *args: str) -> Solver:
-    return Solver(parse_args(["--train_data_path", str(pack), "--ckpt_dir", str(ckpt_dir), *TINY, *args]))
+def make(x2_pack: Path, ckpt_dir: Path, *args: str) -> Solver:
+    return Solver(parse_args(["--train_data_path", str(x2_pack), "--ckpt_dir", str(ckpt_dir), *TINY, *args]))
 
 
 def log_steps(ckpt_dir: Path) -> list[int]:
@@ -110,12 +81,12 @@ def test_checkpoint_every_is_print_interval():
 
 # ------------------------------------------------------------------ resume = the same command, plus --resume
 
-def test_resume_by_rerunning_the_command_is_bit_exact(pack, tmp_path):
+def test_resume_by_rerunning_the_command_is_bit_exact(x2_pack, tmp_path):
     """Straight to 6 in A; B holds A's step-2 checkpoint alone. `x2/train.py --ckpt_dir B --resume` finds the
     run's name, data and recipe in the checkpoint (--max_steps/--print_interval overridden, named in one
     line) and ends where A was at step 4; `--resume A/run_4.pth` alone re-runs A's steps 5-6 bit-exactly."""
     a, b = tmp_path / "a", tmp_path / "b"
-    make(pack, a, "--ckpt_name", "run", "--max_steps", "6", "--seed", "3", "--lr", "3e-4").fit()
+    make(x2_pack, a, "--ckpt_name", "run", "--max_steps", "6", "--seed", "3", "--lr", "3e-4").fit()
     b.mkdir()
     shutil.copy(a / "run_2.pth", b / "run_2.pth")
     with_overrides = train("--ckpt_dir", str(b), "--resume", "--max_steps", "4", "--print_interval", "1")
@@ -132,18 +103,18 @@ def test_resume_by_rerunning_the_command_is_bit_exact(pack, tmp_path):
     assert log_steps(a) == [2, 4, 6]
 
 
-def test_init_from_is_ignored_on_resume_with_a_note(pack, tmp_path, capsys):
-    make(pack, tmp_path, "--max_steps", "2").fit()
+def test_init_from_is_ignored_on_resume_with_a_note(x2_pack, tmp_path, capsys):
+    make(x2_pack, tmp_path, "--max_steps", "2").fit()
     cfg = parse_args(["--ckpt_dir", str(tmp_path), "--resume", "--init_from", str(tmp_path / "absent.pth")])
-    assert cfg.train_data_path == str(pack) and cfg.init_from is None and cfg.patch_size == 8
+    assert cfg.train_data_path == str(x2_pack) and cfg.init_from is None and cfg.patch_size == 8
     assert Solver(cfg).step == 2
     assert "--init_from " in capsys.readouterr().out
 
 
-def test_a_checkpoint_older_than_some_flags_resumes(pack, tmp_path, capsys):
+def test_a_checkpoint_older_than_some_flags_resumes(x2_pack, tmp_path, capsys):
     """A recorded config without --ema and --init_weights (older runs) and with a flag since removed: the
     missing ones are the old behaviour (no average, raw weights), the removed one is dropped."""
-    make(pack, tmp_path, "--max_steps", "2", "--lr", "3e-4").fit()
+    make(x2_pack, tmp_path, "--max_steps", "2", "--lr", "3e-4").fit()
     ckpt = tmp_path / "dsrnet_x2_2.pth"
     saved = torch.load(ckpt, weights_only=True)
     saved["config"] = {k: v for k, v in saved["config"].items() if k not in ("ema", "init_weights")}
@@ -151,25 +122,25 @@ def test_a_checkpoint_older_than_some_flags_resumes(pack, tmp_path, capsys):
     torch.save(saved, ckpt)
     capsys.readouterr()
     cfg = parse_args(["--ckpt_dir", str(tmp_path), "--resume", "--max_steps", "4", "--ema", "0.5"])
-    assert (cfg.lr, cfg.ema, cfg.init_weights, cfg.train_data_path) == (3e-4, 0.5, "raw", str(pack))
+    assert (cfg.lr, cfg.ema, cfg.init_weights, cfg.train_data_path) == (3e-4, 0.5, "raw", str(x2_pack))
     assert "note: resuming with changed --ema 0.0 -> 0.5: the run no longer matches" in capsys.readouterr().out
     assert Solver(cfg).fit() == 4
     assert "authors_only" not in read_checkpoint(tmp_path / "dsrnet_x2_4.pth")["config"]
 
 
-def test_training_banner_counts_parameters_as_the_readme(pack, tmp_path):
-    s = make(pack, tmp_path)
+def test_training_banner_counts_parameters_as_the_readme(x2_pack, tmp_path):
+    s = make(x2_pack, tmp_path)
     line = solver_module.banner(s.cfg, s.net, s.device, s.world, len(s.dataset), s.step)
     assert "934,578 trainable + 24 frozen (mean shift) parameters" in line
 
 
 # ------------------------------------------------------------------ checkpoint disk and lineage
 
-def test_keep_last_keeps_n_plus_best_and_final_and_never_foreign_files(pack, valid, tmp_path):
+def test_keep_last_keeps_n_plus_best_and_final_and_never_foreign_files(x2_pack, x2_valid, tmp_path):
     foreign = {"other_2.pth": b"another run's name", "notes.txt": b"mine", "dsrnet_x2_v1.pth": b"a user's file with the run's prefix"}
     for name, data in foreign.items():
         (tmp_path / name).write_bytes(data)
-    make(pack, tmp_path, "--max_steps", "8", "--keep_last", "2", "--valid_data_dir", str(valid)).fit()
+    make(x2_pack, tmp_path, "--max_steps", "8", "--keep_last", "2", "--valid_data_dir", str(x2_valid)).fit()
     kept = ["dsrnet_x2_6.pth", "dsrnet_x2_8.pth", "dsrnet_x2_best.pth", "dsrnet_x2_final.pth"]
     assert names(tmp_path) == sorted([*foreign, "log.csv", *kept])
     with open(tmp_path / "log.csv", newline="") as f:
@@ -179,37 +150,37 @@ def test_keep_last_keeps_n_plus_best_and_final_and_never_foreign_files(pack, val
     assert read_checkpoint(tmp_path / "dsrnet_x2_final.pth")["step"] == 8
     load_checkpoint(tmp_path / "dsrnet_x2_final.pth")  # what sample.py loads
 
-    make(pack, tmp_path, "--resume", str(tmp_path / "dsrnet_x2_8.pth"), "--max_steps", "12").fit()
+    make(x2_pack, tmp_path, "--resume", str(tmp_path / "dsrnet_x2_8.pth"), "--max_steps", "12").fit()
     kept = ["dsrnet_x2_10.pth", "dsrnet_x2_12.pth", "dsrnet_x2_best.pth", "dsrnet_x2_final.pth"]
     assert names(tmp_path) == sorted([*foreign, "log.csv", *kept])
     assert all((tmp_path / name).read_bytes() == data for name, data in foreign.items())
 
 
-def test_a_resume_never_picks_an_abandoned_future(pack, tmp_path):
-    make(pack, tmp_path, "--max_steps", "8").fit()
-    make(pack, tmp_path, "--resume", str(tmp_path / "dsrnet_x2_4.pth"), "--max_steps", "6").fit()
+def test_a_resume_never_picks_an_abandoned_future(x2_pack, tmp_path):
+    make(x2_pack, tmp_path, "--max_steps", "8").fit()
+    make(x2_pack, tmp_path, "--resume", str(tmp_path / "dsrnet_x2_4.pth"), "--max_steps", "6").fit()
     assert names(tmp_path / "abandoned_after_step_4") == ["dsrnet_x2_6.pth", "dsrnet_x2_8.pth", "dsrnet_x2_final.pth"]
     assert log_steps(tmp_path) == [2, 4, 6]
-    again = make(pack, tmp_path, "--resume", "--max_steps", "8")
+    again = make(x2_pack, tmp_path, "--resume", "--max_steps", "8")
     assert again.step == 6
     again.fit()
     assert log_steps(tmp_path) == [2, 4, 6, 8]
     assert_same_state(tmp_path / "abandoned_after_step_4" / "dsrnet_x2_8.pth", tmp_path / "dsrnet_x2_8.pth")
 
 
-def test_a_validation_failing_mid_run_keeps_that_steps_checkpoint(pack, valid, tmp_path):
+def test_a_validation_failing_mid_run_keeps_that_steps_checkpoint(x2_pack, x2_valid, tmp_path):
     folder = tmp_path / "Tiny"
-    shutil.copytree(valid, folder)
-    s = make(pack, tmp_path / "ck", "--max_steps", "4", "--valid_data_dir", str(folder))
+    shutil.copytree(x2_valid, folder)
+    s = make(x2_pack, tmp_path / "ck", "--max_steps", "4", "--valid_data_dir", str(folder))
     (folder / "image_SRF_2" / "img_002_SRF_2_LR.png").write_bytes(b"unreadable now")
     with pytest.raises(InputError, match="img_002_SRF_2_LR.png"):
         s.fit()
     assert (tmp_path / "ck" / "dsrnet_x2_2.pth").is_file()
 
 
-def test_a_torn_last_log_line_does_not_survive_resume(pack, tmp_path):
-    make(pack, tmp_path, "--max_steps", "4").fit()
+def test_a_torn_last_log_line_does_not_survive_resume(x2_pack, tmp_path):
+    make(x2_pack, tmp_path, "--max_steps", "4").fit()
     with open(tmp_path / "log.csv", "a") as f:
         f.write("1")  # the start of step 10's row when the power went
-    make(pack, tmp_path, "--resume", "--max_steps", "6").fit()
+    make(x2_pack, tmp_path, "--resume", "--max_steps", "6").fit()
     assert log_steps(tmp_path) == [2, 4, 6]
