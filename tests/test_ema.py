@@ -199,6 +199,12 @@ def test_init_from_takes_the_average_unless_told_otherwise(ema_run, x2_pack, tmp
     out = capsys.readouterr().out
     assert "(its averaged weights, model_ema; --init_weights raw takes the raw ones): copied 35 tensors" in out
     assert "(its raw weights, model): copied 35 tensors" in out
+    final = ema_run["dir"] / "run_final.pth"  # weights-only: the average under 'model'
+    only = make(x2_pack, tmp_path / "final", "--init_from", str(final))
+    assert all(torch.equal(only.net.state_dict()[k], v) for k, v in read_checkpoint(final)["model"].items())
+    assert "(its averaged weights, the only ones it holds): copied 35 tensors" in capsys.readouterr().out
+    with pytest.raises(InputError, match="holds only averaged weights .* drop --init_weights raw"):
+        make(x2_pack, tmp_path / "final_raw", "--init_from", str(final), "--init_weights", "raw")
 
 
 DDP_SCRIPT = """

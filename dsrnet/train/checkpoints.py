@@ -25,7 +25,7 @@ from dsrnet.train.config import NETWORK, TrainConfig
 from dsrnet.train.distributed import print_rank0
 from dsrnet.train.ema import WeightAverage
 from dsrnet.train.rng import capture_rng_states, restore_rng_states
-from model import Net, read_checkpoint
+from model import Net, held_weights, read_checkpoint
 
 
 def save_checkpoint(path: Path, ckpt: dict) -> None:
@@ -180,21 +180,26 @@ def data_change(saved: dict | None, now: dict) -> str | None:
 
 
 def copy_matching_tensors(net: Net, path: Path, weights: str = "ema") -> str:
-    """Copy the tensors of ``path`` whose name and shape match (EDSR's practice: x3/x4 from x2 weights); from
-    its averaged weights (``model_ema``) when it has them and ``weights`` is 'ema', else from ``model``.
+    """Copy the tensors of ``path`` whose name and shape match (EDSR's practice: x3/x4 from x2 weights), from the
+    weights of kind ``weights`` it holds (:func:`model.held_weights`): 'ema' takes a file's only weights when it
+    has no average; 'raw' from a file holding only an average (an --ema run's _best/_final) is refused.
 
     Returns the one-line account of which weights, what was copied, skipped and left at its initialisation.
     """
-    ckpt = read_checkpoint(path)
-    averaged = weights == "ema" and "model_ema" in ckpt
-    source = ckpt["model_ema" if averaged else "model"]
+    sets = held_weights(read_checkpoint(path))
+    if weights not in sets and weights == "raw":
+        raise InputError(f"--init_from {path} holds only averaged weights (the _best/_final file of an --ema run): "
+                         "drop --init_weights raw, or start from one of the run's step checkpoints")
+    taken = weights if weights in sets else "raw"  # 'ema' from a file without an average: its only weights
+    source = sets[taken]
     own = net.state_dict()
     copied = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     net.load_state_dict(copied, strict=False)
     skipped = sorted(set(source) - set(copied))
     fresh = sorted(set(own) - set(copied))
-    which = ("" if "model_ema" not in ckpt else " (its averaged weights, model_ema; --init_weights raw takes the raw "
-             "ones)" if averaged else " (its raw weights, model)")
+    which = ("" if sets.keys() == {"raw"} else " (its averaged weights, the only ones it holds)" if len(sets) == 1
+             else " (its averaged weights, model_ema; --init_weights raw takes the raw ones)" if taken == "ema"
+             else " (its raw weights, model)")
     return (f"--init_from {path}{which}: copied {len(copied)} tensors; skipped {len(skipped)} that do not "
             f"match{': ' + ', '.join(skipped) if skipped else ''}; {len(fresh)} left at their "
             f"initialisation{': ' + ', '.join(fresh) if fresh else ''}")
