@@ -217,7 +217,8 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> TrainCo
     parser = build_parser(default_scale)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     name = f"dsrnet_x{cfg.scale}" if cfg.scale else "dsrnet_multiscale"
-    cfg = replace(cfg, ckpt_name=cfg.ckpt_name or name, ckpt_dir=cfg.ckpt_dir or str(ROOT / "checkpoint" / name))
+    cfg = replace(cfg, ckpt_name=cfg.ckpt_name or name, ckpt_dir=cfg.ckpt_dir or str(ROOT / "checkpoint" / name),
+                  amp=None if cfg.amp == "none" else cfg.amp)  # before a resume compares it with the recorded one
     if cfg.resume:  # the entry point's scale counts as given: x4/train.py never continues a x2 run
         cfg = resume_config(cfg, given_flags(parser, argv) | {"scale"})
     if cfg.model != "dsrnet":
@@ -232,7 +233,7 @@ def parse_args(argv: list[str] | None = None, default_scale: int = 2) -> TrainCo
     if cfg.init_weights != "ema" and not cfg.init_from and not cfg.resume:
         raise InputError(f"--init_weights {cfg.init_weights} picks the weights --init_from copies: add --init_from "
                          "CKPT or drop --init_weights")
-    return replace(cfg, amp=None if cfg.amp == "none" else cfg.amp)
+    return cfg
 
 
 def check_amp(amp: str | None, device: torch.device) -> None:

@@ -321,7 +321,7 @@ def test_resume_may_change_the_gate_keeping_each_parameters_adam_moments(pack, t
     assert read_checkpoint(tmp_path / "dsrnet_x2_6.pth")["config"]["gate"] == "sample"
 
 
-def test_every_recorded_switch_has_an_off_form_on_resume(pack, sets, tmp_path):
+def test_every_recorded_switch_has_an_off_form_on_resume(pack, sets, tmp_path, capsys):
     make(pack, tmp_path, "--max_steps", "2", "--print_interval", "2", "--in_memory", "--deterministic",
          "--valid_data_dir", str(sets["Smooth"]), "--sample_dir", str(tmp_path / "sr")).fit()
     ckpt = tmp_path / "dsrnet_x2_2.pth"
@@ -335,6 +335,11 @@ def test_every_recorded_switch_has_an_off_form_on_resume(pack, sets, tmp_path):
                       "--no-valid_data_dir", "--no-sample_dir"])
     assert (off.in_memory, off.deterministic, off.amp, off.valid_data_dir, off.sample_dir) == (False, False, None,
                                                                                              None, None)
+    assert "--amp bf16 -> None" in capsys.readouterr().out
+    saved["config"]["amp"] = None  # a float32 run: --amp none changes nothing, and no note says otherwise
+    torch.save(saved, ckpt)
+    parse_args(["--ckpt_dir", str(tmp_path), "--resume", "--amp", "none"])
+    assert "--amp" not in capsys.readouterr().out
 
 
 def test_a_changed_training_file_is_named_on_resume(pack, tmp_path, capsys):

@@ -222,7 +222,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("run folder: a closed stdout stops training", "solver.py",
              "    output_never_stops_the_run()\n", "", RUN_FOLDER, select="nobody_reads"),
     Mutation("run folder: --amp none keeps a recorded --amp", "solver.py",
-             '    return replace(cfg, amp=None if cfg.amp == "none" else cfg.amp)\n', "    return cfg\n", RUN_FOLDER,
+             '                  amp=None if cfg.amp == "none" else cfg.amp)', "                  )", RUN_FOLDER,
              select="off_form"),
     Mutation("run folder: no progress line without a terminal", "solver.py",
              "        elif bar.disable:", "        elif False:", RUN_FOLDER, select="terminal"),
