@@ -81,27 +81,25 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def _finite_float(low: float, high: float = math.inf, low_open: bool = True) -> Callable[[str], float]:
-    """A finite float above ``low`` (or at it) and at most ``high``: inf, nan or 1e400 in a flag would poison
-    every checkpoint after it."""
-    wanted = (f"in ({low:g}, {high:g}]" if math.isfinite(high) else f"{'>' if low_open else '>='} {low:g}")
+def _finite_float(low: float, high: float = math.inf, low_open: bool = True,
+                  high_open: bool = False) -> Callable[[str], float]:
+    """A finite float between ``low`` and ``high``, each bound open or closed: inf, nan or 1e400 in a flag would
+    poison every checkpoint after it."""
+    if math.isfinite(high):
+        wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    else:
+        wanted = f"{'>' if low_open else '>='} {low:g}"
 
     def parse(text: str) -> float:
         value = float(text)
-        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+        if not (math.isfinite(value) and (value > low if low_open else value >= low)
+                and (value < high if high_open else value <= high)):
             raise argparse.ArgumentTypeError(f"must be a finite number {wanted}, got {text}")
         return value
     return parse
 
 
 _positive_float = _finite_float(0.0)
-
-
-def _ema_decay(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and 0.0 <= value < 1.0):
-        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1) (0: no average), got {text}")
-    return value
 
 
 def _seed(text: str) -> int:
@@ -184,7 +182,7 @@ def build_parser(default_scale: int = 2) -> argparse.ArgumentParser:
                                        "(ignored with --resume)")
     p.add_argument("--init_weights", choices=("ema", "raw"), default="ema",
                    help="--init_from a checkpoint of an --ema run: its averaged weights (model_ema) or its raw ones")
-    p.add_argument("--ema", type=_ema_decay, default=0.0,
+    p.add_argument("--ema", type=_finite_float(0.0, 1.0, low_open=False, high_open=True), default=0.0,
                    help="keep an average of the weights, average = EMA * average + (1 - EMA) * weights after every "
                         "step (BasicSR's ema_decay, e.g. 0.999), saved as model_ema; validation, _best and _final "
                         "then use it (0: no average, the authors' recipe)")
