@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 if __name__ == "__main__":  # run as a script, maybe from dataset/: make the repo's packages importable
@@ -47,28 +44,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM (a job scheduler, ``kill``) ends the run as Ctrl-C does, removing the temp file, with status 143."""
-    def stop(_signum: int, _frame) -> None:
-        raise SystemExit(128 + signal.SIGTERM)
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    with _sigterm_unwinds():
-        _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> None:
     args = _parse_args(argv)
     if args.workers < 1:
         raise InputError(f"--workers {args.workers} must be at least 1")

@@ -11,6 +11,7 @@ from typing import Callable, TextIO
 import torch
 
 from dsrnet.errors import DISK_FULL, InputError
+from dsrnet.stopping import sigterm_unwinds
 from model import CheckpointError
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range (non-negative half)
@@ -127,7 +128,8 @@ def run_cli(main: Callable[[], object]) -> None:
     and the process ends at once.
     """
     try:
-        main()
+        with sigterm_unwinds():
+            main()
         return
     except USER_ERRORS as err:
         print(f"error: {_own_words(str(err))}", file=sys.stderr)

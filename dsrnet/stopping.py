@@ -1,4 +1,7 @@
-"""Stopping a training run cleanly on SIGINT/SIGTERM.
+"""Stopping cleanly on SIGINT/SIGTERM: every command unwinds, and a training run finishes its step first.
+
+Every command run through ``dsrnet.cli.run_cli`` ends on SIGTERM as on Ctrl-C: its ``finally`` blocks run,
+so an atomic write removes its temp file, and the exit status is 143.
 
 Ctrl-C or SIGTERM (torchrun, SLURM) does not kill the run mid-step: the loop finishes the step, saves
 a checkpoint and exits with 128 + the signal (130 / 143), so a job script can tell an interrupted run
@@ -22,6 +25,23 @@ def ignore_stop_signals(_worker: int) -> None:
     """
     for s in EXIT_ON_SIGNAL:
         signal.signal(s, signal.SIG_IGN)
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a job scheduler, ``kill``) raises SystemExit(143) in the main thread, as Ctrl-C raises
+    KeyboardInterrupt; :func:`stop_requests`, entered inside, takes over while a training loop runs."""
+    def stop(_signum: int, _frame) -> None:
+        raise SystemExit(EXIT_ON_SIGNAL[signal.SIGTERM])
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

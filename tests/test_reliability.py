@@ -320,3 +320,37 @@ def test_a_folder_that_cannot_be_locked_is_trained_in_with_a_note(pack, tmp_path
                                 "--max_steps", "1", "--num_workers", "0"]))
     assert not solver.lock.guarded and "cannot be locked on this system" in capsys.readouterr().out
     solver.lock.release()
+
+
+SIGTERM_WRITER = """
+import sys, time
+from pathlib import Path
+from dsrnet.cli import run_cli
+from dsrnet.files import atomic_path
+
+def main():
+    with atomic_path(Path(sys.argv[1])) as tmp:
+        tmp.write_bytes(b"half")
+        print("writing", flush=True)
+        time.sleep(60)
+
+run_cli(main)
+"""
+
+
+def test_sigterm_during_any_command_leaves_no_temp_file(tmp_path):
+    """Every command runs through run_cli, which unwinds on SIGTERM as on Ctrl-C: a download, report or export
+    being written leaves nothing behind, and the status is 143."""
+    out = tmp_path / "out" / "weights.pth"
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_WRITER, str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "writing\n", proc.stderr.read()
+        assert [p.name for p in out.parent.iterdir()] != []  # the temp file exists while the block runs
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert list(out.parent.iterdir()) == []
