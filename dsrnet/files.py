@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from dsrnet.errors import DISK_FULL, InputError
 
@@ -51,6 +52,7 @@ def ensure_writable(path: str | os.PathLike) -> None:
     the nearest folder that exists, gone at once (asking the OS for permissions would pass /proc as root).
     """
     path = Path(path)
+    check_replaceable(path)
     try:
         if path.is_dir():
             raise InputError(f"cannot write {path}: it is a folder; name a file")
@@ -63,6 +65,38 @@ def ensure_writable(path: str | os.PathLike) -> None:
             pass
     except OSError as err:
         raise _unwritable(path, err) from None
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to replace an existing file its owner made read-only: the atomic rename would go through, since it
+    needs only the folder's permission (and root passes every permission check, so the mode bits are read)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode) and (not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+                               or not os.access(path, os.W_OK)):
+        raise InputError(f"{path} exists and is read-only: pass another output, or make it writable "
+                         f"(chmod u+w) to replace it")
+
+
+def overwritten_input(outputs: Iterable[Path], inputs: Iterable[Path]) -> tuple[Path, Path] | None:
+    """An (output, input) pair naming one file, by its path, a symlink or a hard link: writing that output would
+    replace the input. None when no output is an input (outputs that do not exist yet cost one stat each)."""
+    existing = {}
+    for out in outputs:
+        try:
+            st = os.stat(out)
+        except OSError:  # not there yet (or unreachable: ensure_writable says so)
+            continue
+        existing.setdefault((st.st_dev, st.st_ino), Path(out))
+    if existing:
+        for src in inputs:
+            st = os.stat(src)
+            if (st.st_dev, st.st_ino) in existing:
+                return existing[st.st_dev, st.st_ino], Path(src)
+    return None
 
 
 def ensure_writable_folder(folder: str | os.PathLike, what: str, flag: str) -> None:

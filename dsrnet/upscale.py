@@ -16,7 +16,6 @@ import torch
 from dsrnet.data.images import (
     IMAGE_EXTENSIONS,
     Planes,
-    check_replaceable,
     check_savable,
     image_size,
     read_planes,
@@ -24,7 +23,7 @@ from dsrnet.data.images import (
 )
 from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
-from dsrnet.files import ensure_writable
+from dsrnet.files import check_replaceable, ensure_writable, overwritten_input
 from dsrnet.metrics import luma, to_uint8, to_uint16
 from model.inference import super_resolve
 
@@ -88,11 +87,9 @@ def plan_outputs(inputs: list[Path], source: Path, output: str | None, scales: l
         folder, names = Path(output) if output is not None else None, output_names(inputs)
         plan = [(p, s, (folder or default_dir / source.stem / f"x{s}") / f"{name}_x{s}_SR.png")
                 for s in scales for p, name in zip(inputs, names)]
-    sources = {p.resolve(): p for p in inputs}
-    for _, _, dst in plan:
-        if dst.resolve() in sources:
-            raise InputError(f"the output {dst} would overwrite the input {sources[dst.resolve()]}: "
-                             "pass another --output")
+    clash = overwritten_input((dst for _, _, dst in plan), inputs)
+    if clash:
+        raise InputError(f"the output {clash[0]} would overwrite the input {clash[1]}: pass another --output")
     for _, _, dst in plan:
         check_replaceable(dst)
     for parent in dict.fromkeys(dst.parent for _, _, dst in plan):

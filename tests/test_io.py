@@ -50,6 +50,9 @@ def test_writability_check_creates_nothing(tmp_path):
         with pytest.raises(InputError, match=reason):
             ensure_writable(bad)
     assert list(tmp_path.iterdir()) == [tmp_path / "a_file"]
+    (tmp_path / "a_file").chmod(0o444)  # a report, export or download its owner made read-only is never replaced
+    with pytest.raises(InputError, match="a_file exists and is read-only"):
+        ensure_writable(tmp_path / "a_file")
 
 
 def test_bad_images(tmp_path):

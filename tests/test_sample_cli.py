@@ -105,6 +105,11 @@ def test_an_output_never_overwrites_an_input(photo):
     (photo.parent / "a_x2_SR.png").write_bytes(photo.read_bytes())
     with pytest.raises(InputError, match="would overwrite the input"):
         sample.main(["--bicubic", "--scale", "2", "--input", str(photo.parent), "--output", str(photo.parent)])
+    linked = photo.parent.parent / "linked"  # the same file under another name: a hard link
+    linked.mkdir()
+    os.link(photo, linked / "a_x2_SR.png")
+    with pytest.raises(InputError, match=rf"linked/a_x2_SR.png would overwrite the input .*{photo.name}"):
+        sample.main(["--bicubic", "--scale", "2", "--input", str(photo), "--output", str(linked)])
 
 
 def test_gray_stays_gray_and_alpha_is_kept(weights_x2, tmp_path):

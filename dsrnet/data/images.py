@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -214,17 +213,3 @@ def png16(img: np.ndarray) -> bytes:
     header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 1))
             + chunk(b"IEND", b""))
-
-
-def check_replaceable(path: str | os.PathLike) -> None:
-    """Refuse to replace an existing file its owner made read-only: the atomic rename would go through, since it
-    needs only the folder's permission (and root passes every permission check, so the mode bits are read)."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if stat.S_ISREG(mode) and (not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
-                               or not os.access(path, os.W_OK)):
-        raise InputError(f"{path} exists and is read-only: pass another output, or make it writable "
-                         f"(chmod u+w) to replace it")

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from dsrnet.data.images import image_size, images_in, read_image
 from dsrnet.data.imresize import imresize, modcrop
 from dsrnet.errors import InputError
-from dsrnet.files import atomic_path, stale_temps
+from dsrnet.files import atomic_path, ensure_writable, overwritten_input, stale_temps
 from model import SCALES
 
 try:
@@ -163,14 +163,11 @@ def _prepare_output(output: Path, sources: Iterable[Path]) -> None:
     except OSError as err:
         raise InputError(f"cannot create output folder {output.parent} ({err.strerror}): "
                          "pick another --output") from None
-    if not os.access(output.parent, os.W_OK):
-        raise InputError(f"output folder {output.parent} is not writable: pick another --output")
-    if output.exists():  # the same file under another name, a symlink or a hard link too
-        target = os.stat(output)
-        for src in sources:
-            if os.path.samestat(target, os.stat(src)):
-                raise InputError(f"--output {output} is the input image {src}: the pack would replace it; "
-                                 "pass another --output")
+    clash = overwritten_input([output], sources)  # by its path, a symlink or a hard link
+    if clash:
+        raise InputError(f"--output {output} is the input image {clash[1]}: the pack would replace it; "
+                         "pass another --output")
+    ensure_writable(output)
 
 
 def _remove_stale_temps(output: Path) -> None:
