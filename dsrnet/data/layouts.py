@@ -33,8 +33,9 @@ __all__ = [
     "default_cache_dir", "cached_lr_path",
 ]
 
-# Bump when the way cached LR images are made changes, so stale caches are not reused.
-_CACHE_VERSION = 1
+# Bump when the way cached LR images are made changes, so stale caches are not reused (2: HR read with its
+# EXIF orientation applied).
+_CACHE_VERSION = 2
 
 # Folder names that say nothing about the dataset: the set is named after their parent.
 _GENERIC_DIR = re.compile(
