@@ -239,9 +239,11 @@ def test_ddp_ranks_hold_the_same_average_and_resume_exactly(x2_pack, tmp_path, t
 
 # ---------------------------------------------------------------------------------------- the study's table
 
-def _report(path: Path, psnr: dict[str, float]) -> None:
+def _report(path: Path, psnr: dict[str, float], weights: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"results": [{"dataset": s, "psnr": v} for s, v in psnr.items()]}))
+    weights = path.stem.rsplit("_", 1)[1] if weights is None else weights
+    path.write_text(json.dumps({"settings": {"weights": weights},
+                                "results": [{"dataset": s, "psnr": v} for s, v in psnr.items()]}))
 
 
 def test_the_study_table_compares_each_average_with_the_raw_weights_of_the_same_seeds(tmp_path):
@@ -258,4 +260,7 @@ def test_the_study_table_compares_each_average_with_the_raw_weights_of_the_same_
     assert "+0.0100, +0.010 / +0.010 / +0.010, no" in rows["ema 0.99"]
     _report(tmp_path / "eval" / "ft_ema99_s1_raw.json", {"Set5": 37.41, "Set14": 33.0})
     with pytest.raises(InputError, match="did not train the same trajectory"):
+        ema_study_table.read_scores(tmp_path)
+    _report(tmp_path / "eval" / "ft_ema99_s1_raw.json", {"Set5": 37.40, "Set14": 33.0}, weights="ema")
+    with pytest.raises(InputError, match="named for the raw weights, but its report scored ema weights"):
         ema_study_table.read_scores(tmp_path)

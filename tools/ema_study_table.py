@@ -30,7 +30,12 @@ def read_scores(out: Path) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
         m = NAME.fullmatch(path.stem)
         if not m:
             continue
-        psnr = {r["dataset"]: r["psnr"] for r in json.loads(path.read_text())["results"]}
+        report = json.loads(path.read_text())
+        scored = report.get("settings", {}).get("weights")
+        if scored != m["weights"]:  # the name says which weights; the report says which sample.py scored
+            raise InputError(f"{path.name} is named for the {m['weights']} weights, but its report scored "
+                             f"{scored or 'unrecorded'} weights: rename it or score it again with --weights")
+        psnr = {r["dataset"]: r["psnr"] for r in report["results"]}
         recipe = "raw" if m["weights"] == "raw" else f"ema 0.{m['decay']}"
         seed = int(m["seed"])
         earlier = found[m["prefix"]][recipe].get(seed)
