@@ -265,6 +265,8 @@ def claim_folder(ckpt_dir: Path, ckpt_name: str, rank: int) -> RunLock:
     its end). Then the temp files that killed runs of this name left there (a checkpoint, its _best/_final
     weights or log.csv being written at a kill -9: up to ~12 MB each) go: only under the lock, and only
     this name's, as another live run may be writing its own."""
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)  # checked writable at startup, made once the data is read
     lock = RunLock(ckpt_dir, take=rank == 0)
     if rank == 0 and not lock.guarded:
         print_rank0(f"note: {ckpt_dir} cannot be locked on this system: nothing stops a second run there")

@@ -56,15 +56,21 @@ def ensure_writable(path: str | os.PathLike) -> None:
     try:
         if path.is_dir():
             raise InputError(f"cannot write {path}: it is a folder; name a file")
-        nearest = path.parent
-        while not nearest.exists() and nearest != nearest.parent:
-            nearest = nearest.parent
-        if not nearest.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        with tempfile.TemporaryFile(dir=nearest):
-            pass
+        _probe_folder(path.parent)
     except OSError as err:
         raise _unwritable(path, err) from None
+
+
+def _probe_folder(folder: Path) -> None:
+    """Raise OSError unless files can be made in ``folder``, or in the nearest folder above it that exists (where
+    the missing ones would be made); a probe file, gone at once, is all it creates."""
+    nearest = folder
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    with tempfile.TemporaryFile(dir=nearest):
+        pass
 
 
 def check_replaceable(path: str | os.PathLike) -> None:
@@ -100,12 +106,11 @@ def overwritten_input(outputs: Iterable[Path], inputs: Iterable[Path]) -> tuple[
 
 
 def ensure_writable_folder(folder: str | os.PathLike, what: str, flag: str) -> None:
-    """Create ``folder`` and fail now, naming ``flag``, when ``what`` (e.g. checkpoints) cannot be written in it."""
+    """Fail now, naming ``flag``, when ``what`` (e.g. checkpoints) cannot be written in ``folder``. Creates nothing:
+    a run refused later (for its data, say) leaves no empty folder behind."""
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        _probe_folder(folder)
     except OSError as err:
         raise InputError(f"cannot write {what} to {folder} ({err.strerror or err}): "
                          f"pass a writable {flag}") from None

@@ -432,6 +432,7 @@ def test_cli_errors_are_one_line(data, tmp_path):
         assert proc.returncode == 2, err
         assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1, err
     assert not any((tmp_path / "ck_damaged").iterdir())  # no log.csv or tb/ from a run that never logged
+    assert not (tmp_path / "ck").exists()  # refused for its data or its --resume: not even an empty folder
 
 
 def test_refusals_in_process(data, tmp_path):
@@ -478,4 +479,4 @@ def test_a_corrupt_validation_image_is_refused_before_training(data, tmp_path):
         make(data, tmp_path / "ck", "--valid_data_dir", str(valid))
     with pytest.raises(InputError, match="img_001: SSIM needs at least 11x11 .*smaller --shave"):
         make(data, tmp_path / "ck", "--valid_data_dir", str(data["valid"]), "--shave", "19")
-    assert not list((tmp_path / "ck").iterdir())
+    assert not (tmp_path / "ck").exists()  # nothing written, not even the folder
