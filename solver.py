@@ -486,7 +486,8 @@ class Solver:
     def close_step(self, row: dict, log: RunLog | None, bar: tqdm) -> None:
         """After a checkpoint: validate, write the best/final weights, then log the step's row (last, so that
         a row in log.csv means the step is complete)."""
-        with self.ema.applied(self.net) if self.ema is not None else nullcontext():
+        averaged = self.ema is not None and self.rank == 0  # only rank 0 validates and saves the average
+        with self.ema.applied(self.net) if averaged else nullcontext():
             row.update(self.save_weights(self.validate(row["step"])))
         if self.ema is not None and self.valid_sets:
             row["ema_decay"] = self.cfg.ema
@@ -561,6 +562,6 @@ class Solver:
         if changed:
             print_rank0(f"note: {changed}: the run no longer matches an uninterrupted one")
         if self.rank == 0:
-            basis = valid_basis({k: 0.0 for k in self.valid_fields() if k.endswith("_psnr")}, self.cfg.shave)
+            basis = valid_basis(self.valid_fields(), self.cfg.shave)
             self.checkpoints.continue_from(path, ckpt, basis)
         print_rank0(f"resumed {path} at step {self.step}")

@@ -15,7 +15,7 @@ import re
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -219,8 +219,9 @@ def _step_and_lineage(ckpt: dict) -> tuple[int, str | None]:
     return int(ckpt.get("step", 0)), (ckpt.get("train_state") or {}).get("lineage") or ckpt.get("lineage")
 
 
-def valid_basis(scores: dict[str, float], shave: int | None) -> tuple[list[str], int | None]:
-    """What a mean validation PSNR is a mean over: the sets and scales scored, and the border left out."""
+def valid_basis(scores: Iterable[str], shave: int | None) -> tuple[list[str], int | None]:
+    """What a mean validation PSNR is a mean over: the sets and scales scored (the ``*_psnr`` names among
+    ``scores``, a row's keys or the log's fields), and the border left out."""
     return sorted(k for k in scores if k.endswith("_psnr")), shave
 
 

@@ -29,8 +29,8 @@ def group_names(net: Net, gate: str) -> list[list[str]]:
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     if gate != "learned":
         return [names]
-    in_gate = [n in net.gate_parameter_names() for n in names]
-    return [[n for n, g in zip(names, in_gate) if not g], [n for n, g in zip(names, in_gate) if g]]
+    gate_names = net.gate_parameter_names()
+    return [[n for n in names if n not in gate_names], [n for n in names if n in gate_names]]
 
 
 def param_groups(net: Net, gate: str) -> list[dict]:
