@@ -13,7 +13,6 @@ import torch
 
 from dsrnet import AUTHORS_WEIGHTS, ROOT
 from dsrnet.cli import HelpFormatter, check_seed, pick_device, run_cli
-from dsrnet.data.imresize import imresize
 from dsrnet.data.layouts import find_test_set, list_input_images
 from dsrnet.errors import InputError
 from dsrnet.evaluation import SetResult, evaluate_routed, evaluate_set, markdown_table, method_sr_folder
@@ -195,7 +194,7 @@ def evaluate_sets(cfg: argparse.Namespace, net: Net | None, scales: list[int], d
     test_sets = [find_test_set(d, s) for d in test_dirs for s in scales]
     results: list[SetResult] = []
     for ts in test_sets:
-        jobs = [("Bicubic", lambda lr, s=ts.scale: imresize(lr, s))] if cfg.bicubic else []
+        jobs = [("Bicubic", bicubic_method(ts.scale))] if cfg.bicubic else []
         if net is not None:
             jobs.append(("DSRNet+" if cfg.self_ensemble else "DSRNet", dsrnet_method(net, ts.scale, cfg, device)))
         for name, upscale in jobs:

@@ -34,7 +34,7 @@ Method = Callable[[np.ndarray, bool], np.ndarray]
 
 def bicubic_method(scale: int) -> Method:
     """MATLAB-style bicubic, on the one gray channel when there is only one (the three are equal)."""
-    return lambda lr, gray: imresize(lr[..., 0] if gray else lr, scale)
+    return lambda lr, gray=False: imresize(lr[..., 0] if gray else lr, scale)
 
 
 def network_method(net: torch.nn.Module, scale: int, device: torch.device, quantize: str = "truncate",
