@@ -103,17 +103,61 @@ def _own_words(message: str) -> str:
     return message.rstrip().splitlines()[-1].split("InputError: ", 1)[-1]
 
 
-def _worker_death(err: RuntimeError) -> str | None:
-    """The one line for a DataLoader worker that died (PyTorch raises a RuntimeError naming its pid), else None.
+def _raised_in(err: BaseException, file_suffix: str) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace(os.sep, "/").endswith(file_suffix):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _worker_death(err: BaseException) -> str | None:
+    """The one line for a DataLoader worker that died, else None. PyTorch raises a RuntimeError naming its pid;
+    a worker killed while handing over a batch leaves an OSError or EOFError raised in multiprocessing's
+    reductions instead (the batch's shared memory could no longer be fetched from it).
 
     A worker killed from outside is almost always the out-of-memory killer's doing: say how to need less.
     """
     what = str(err).strip()
-    if not what.startswith("DataLoader worker (pid"):
+    if isinstance(err, RuntimeError) and what.startswith("DataLoader worker (pid"):
+        detail = what.splitlines()[0].rstrip(". ")
+    elif isinstance(err, (OSError, EOFError)) and _raised_in(err, "multiprocessing/reductions.py"):
+        detail = f"a batch was lost in transit: {type(err).__name__}"
+    else:
         return None
-    return (f"a data-loading worker died ({what.splitlines()[0].rstrip('. ')}), most likely killed for want of "
-            "memory: use fewer --num_workers (0 loads in the main process) or drop --in_memory; a training run "
-            "continues from its last checkpoint with --resume")
+    return (f"a data-loading worker died ({detail}), most likely killed for want of memory: use fewer "
+            "--num_workers (0 loads in the main process) or drop --in_memory; a training run continues from its "
+            "last checkpoint with --resume")
+
+
+def _error_line(main: Callable[[], object]) -> tuple[str, int] | None:
+    """Run ``main``: None when it returns, else the one line and exit code of an error a user can act on;
+    any other error propagates."""
+    try:
+        with sigterm_unwinds():
+            main()
+        return None
+    except USER_ERRORS as err:
+        return f"error: {_own_words(str(err))}", 2
+    except (RuntimeError, OSError, EOFError) as err:
+        line = _worker_death(err)
+        if line is not None:
+            return f"error: {line}", 2
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            return (f"error: the disk is full{f' writing {err.filename}' if err.filename else ''} ({err.strerror}): "
+                    "free space and run again; a training run continues from its last checkpoint with --resume", 2)
+        raise
+    except KeyboardInterrupt:
+        return "interrupted", 130
+
+
+def _kill_workers() -> bool:
+    """Kill the child processes left (DataLoader workers: nobody will read their batches); whether there were."""
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.kill()
+    return bool(workers)
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -125,34 +169,18 @@ def run_cli(main: Callable[[], object]) -> None:
     dsrnet.stopping.ignore_stop_signals), so multiprocessing's exit handler would wait for them forever; and a
     worker that outlives its parent can still print a broken-pipe traceback from its queue's feeder thread
     into the same stderr, after the one line. So such children are killed (nobody will read their batches)
-    and the process ends at once.
+    and the process ends at once; after an unexpected error too, whose traceback then ends the output.
     """
     try:
-        with sigterm_unwinds():
-            main()
+        failed = _error_line(main)
+    except BaseException:
+        _kill_workers()
+        raise
+    if failed is None:
         return
-    except USER_ERRORS as err:
-        print(f"error: {_own_words(str(err))}", file=sys.stderr)
-        code = 2
-    except RuntimeError as err:
-        line = _worker_death(err)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        code = 2
-    except OSError as err:
-        if err.errno not in DISK_FULL:
-            raise
-        print(f"error: the disk is full{f' writing {err.filename}' if err.filename else ''} ({err.strerror}): free "
-              "space and run again; a training run continues from its last checkpoint with --resume", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    workers = multiprocessing.active_children()
-    if workers:
-        for worker in workers:  # a worker left to notice its parent's end could still print into our stderr
-            worker.kill()
+    line, code = failed
+    print(line, file=sys.stderr)
+    if _kill_workers():  # a worker left to notice its parent's end could still print into our stderr
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -354,3 +354,36 @@ def test_sigterm_during_any_command_leaves_no_temp_file(tmp_path):
         proc.kill()
     assert proc.returncode == 143, err
     assert list(out.parent.iterdir()) == []
+
+
+STUCK_WORKER = """
+import multiprocessing, signal, sys, time
+from dsrnet.cli import run_cli
+
+def worker():  # as a DataLoader worker: deaf to SIGTERM, and busy for longer than the test waits
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(600)
+
+def main():
+    multiprocessing.get_context("fork").Process(target=worker, daemon=True).start()
+    exec(compile(sys.argv[1], sys.argv[2], "exec"))  # the error, raised as if in that file
+
+run_cli(main)
+"""
+
+
+@pytest.mark.parametrize("error, where, code, last_line", [
+    ("raise ConnectionRefusedError(111, 'Connection refused')", "/usr/lib/python3/multiprocessing/reductions.py", 2,
+     "error: a data-loading worker died (a batch was lost in transit: ConnectionRefusedError), most likely killed "
+     "for want of memory"),
+    ("raise ValueError('unexpected')", "solver.py", 1, "ValueError: unexpected"),
+])
+def test_no_error_leaves_the_process_waiting_on_its_workers(error, where, code, last_line):
+    """A worker killed while handing over a batch (the main process's unpickling fails in multiprocessing's
+    reductions) is the worker death it is, in one line; and after any unexpected error, the traceback ends the
+    run: the SIGTERM-deaf workers are killed, not joined forever."""
+    proc = subprocess.run([sys.executable, "-c", STUCK_WORKER, error, where], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == code and proc.stderr.strip().splitlines()[-1].startswith(last_line), proc.stderr
+    if code == 2:
+        assert len(proc.stderr.strip().splitlines()) == 1
