@@ -6,12 +6,13 @@ import argparse
 import multiprocessing
 import os
 import sys
-from typing import Callable, TextIO
+from contextlib import contextmanager
+from typing import Callable, Iterator, TextIO
 
 import torch
 
 from dsrnet.errors import DISK_FULL, InputError
-from dsrnet.stopping import sigterm_unwinds
+from dsrnet.stopping import passes_through, sigterm_unwinds
 from model import CheckpointError
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range (non-negative half)
@@ -103,15 +104,6 @@ def _own_words(message: str) -> str:
     return message.rstrip().splitlines()[-1].split("InputError: ", 1)[-1]
 
 
-def _raised_in(err: BaseException, file_suffix: str) -> bool:
-    tb = err.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.replace(os.sep, "/").endswith(file_suffix):
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def _worker_death(err: BaseException) -> str | None:
     """The one line for a DataLoader worker that died, else None. PyTorch raises a RuntimeError naming its pid;
     a worker killed while handing over a batch leaves an OSError or EOFError raised in multiprocessing's
@@ -122,7 +114,7 @@ def _worker_death(err: BaseException) -> str | None:
     what = str(err).strip()
     if isinstance(err, RuntimeError) and what.startswith("DataLoader worker (pid"):
         detail = what.splitlines()[0].rstrip(". ")
-    elif isinstance(err, (OSError, EOFError)) and _raised_in(err, "multiprocessing/reductions.py"):
+    elif isinstance(err, (OSError, EOFError)) and passes_through(err.__traceback__, "multiprocessing/reductions.py"):
         detail = f"a batch was lost in transit: {type(err).__name__}"
     else:
         return None
@@ -131,11 +123,33 @@ def _worker_death(err: BaseException) -> str | None:
             "last checkpoint with --resume")
 
 
+@contextmanager
+def _worker_deaths_left_to_the_loader() -> Iterator[None]:
+    """Drop the report of a worker death raised inside a finalizer.
+
+    PyTorch's SIGCHLD handler raises the worker's death wherever the main thread happens to be. Inside a
+    ``__del__`` (a progress bar collected mid-step), Python cannot propagate it and prints "Exception ignored
+    in ..." with a traceback above the one line. Nothing is lost by dropping it: the DataLoader checks its
+    workers again on the next batch and raises the death where :func:`run_cli` turns it into that line.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if unraisable.exc_value is None or _worker_death(unraisable.exc_value) is None:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def _error_line(main: Callable[[], object]) -> tuple[str, int] | None:
     """Run ``main``: None when it returns, else the one line and exit code of an error a user can act on;
     any other error propagates."""
     try:
-        with sigterm_unwinds():
+        with sigterm_unwinds(), _worker_deaths_left_to_the_loader():
             main()
         return None
     except USER_ERRORS as err:

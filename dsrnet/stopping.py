@@ -9,22 +9,60 @@ from a finished one. A second signal aborts at once.
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Iterator
 
 EXIT_ON_SIGNAL = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
 
 
-def ignore_stop_signals(_worker: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM sent to the whole process group.
+def data_worker_init(_worker: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker neither stops on the main process's signals nor speaks
+    over the main process's last line."""
+    ignore_stop_signals()
+    quiet_abandoned_handovers()
+
+
+def ignore_stop_signals() -> None:
+    """Ignore SIGINT/SIGTERM sent to the whole process group, in a DataLoader worker.
 
     A worker killed mid-step would abort the step the main process wants to finish and save.
     Workers still exit with the main process.
     """
     for s in EXIT_ON_SIGNAL:
         signal.signal(s, signal.SIG_IGN)
+
+
+def quiet_abandoned_handovers() -> None:
+    """Keep a DataLoader worker silent when the main process abandons a batch's handover.
+
+    The main process fetches each batch's shared memory over a connection to the worker's
+    multiprocessing resource sharer. When it stops mid-fetch (another worker died, the run failed), the
+    sharer's thread reports the dropped connection through ``sys.excepthook``: a traceback in the stderr the
+    worker shares with the main process, printed above the main process's one-line error. The worker
+    is not at fault, so that report is dropped; any other goes to the previous hook.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+        if not (issubclass(kind, (EOFError, ConnectionError)) and passes_through(tb, "multiprocessing/resource_sharer.py")):
+            previous(kind, err, tb)
+
+    sys.excepthook = hook
+
+
+def passes_through(tb: TracebackType | None, file_suffix: str) -> bool:
+    """Whether a traceback has a frame in a file whose path ends with ``file_suffix`` (``/``-separated):
+    how an error from multiprocessing's plumbing is told from the same type raised elsewhere."""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace(os.sep, "/").endswith(file_suffix):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 @contextmanager

@@ -387,3 +387,68 @@ def test_no_error_leaves_the_process_waiting_on_its_workers(error, where, code, 
     assert proc.returncode == code and proc.stderr.strip().splitlines()[-1].startswith(last_line), proc.stderr
     if code == 2:
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+ABANDONED_HANDOVER = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+from dsrnet.stopping import data_worker_init
+
+if sys.argv[1] == "worker":
+    data_worker_init(0)
+read_end, _ = os.pipe()
+resource_sharer.DupFd(read_end)  # a batch's file descriptor offered: this process's sharer starts listening
+reader = socket.socket(socket.AF_UNIX)
+reader.connect(resource_sharer._resource_sharer._address)
+reader.close()  # the main process gave up mid-handshake
+time.sleep(1)
+if sys.argv[1] == "worker":
+    sys.excepthook(ValueError, ValueError("a worker's own error"), None)
+"""
+
+
+@pytest.mark.parametrize("process", ["plain", "worker"])
+def test_a_data_worker_keeps_quiet_about_a_handover_the_main_process_abandoned(process):
+    """When the main process stops while fetching a batch (another worker was killed), the worker whose
+    connection it dropped must not print a traceback above the main process's one-line error. Without the
+    worker's init, multiprocessing prints one; an error of the worker's own still reaches stderr."""
+    proc = subprocess.run([sys.executable, "-c", ABANDONED_HANDOVER, process], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    if process == "plain":
+        assert "multiprocessing/resource_sharer.py" in proc.stderr and "Traceback" in proc.stderr
+    else:
+        assert "resource_sharer" not in proc.stderr and "a worker's own error" in proc.stderr, proc.stderr
+
+
+DEATH_IN_A_FINALIZER = """
+import sys
+from dsrnet.cli import run_cli
+
+DEATH = "DataLoader worker (pid 7) is killed by signal: Killed. "
+
+class Bar:  # as tqdm's bar, collected while PyTorch's SIGCHLD handler raises
+    def __init__(self, error):
+        self.error = error
+    def __del__(self):
+        raise self.error
+
+def main():
+    Bar(RuntimeError(DEATH))
+    Bar(ValueError("a finalizer's own error"))
+    raise RuntimeError(DEATH)  # the loader's next fetch
+
+run_cli(main)
+"""
+
+
+def test_a_worker_death_raised_in_a_finalizer_adds_no_traceback():
+    """PyTorch raises a worker's death from its SIGCHLD handler, possibly inside a ``__del__``, where Python
+    prints it as "Exception ignored in" with a traceback; the run must still end in the one line (the loader
+    raises the death again). A finalizer's other errors are still printed."""
+    proc = subprocess.run([sys.executable, "-c", DEATH_IN_A_FINALIZER], cwd=ROOT, text=True, capture_output=True,
+                          timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: a data-loading worker died (DataLoader worker (pid 7)")
+    assert proc.stderr.count("Exception ignored") == 1 and "a finalizer's own error" in proc.stderr, proc.stderr
+    assert "RuntimeError" not in proc.stderr, proc.stderr

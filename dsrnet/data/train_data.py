@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dsrnet.errors import InputError
-from dsrnet.stopping import ignore_stop_signals
+from dsrnet.stopping import data_worker_init
 from model import SCALES
 
 __all__ = ["TrainDataset", "StepSampler", "file_identity", "step_loader", "step_scale"]
@@ -237,5 +237,5 @@ def step_loader(dataset: TrainDataset, start: int, stop: int, batch: int, rank: 
     generator is seeded so that it never draws from the global RNG a resume must reproduce.
     """
     return DataLoader(dataset, batch_size=batch, sampler=StepSampler(start, stop, batch, rank, world),
-                      num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
+                      num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=data_worker_init,
                       generator=torch.Generator().manual_seed(seed))
