@@ -49,8 +49,9 @@ def quiet_abandoned_handovers() -> None:
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
-        if not (issubclass(kind, (EOFError, ConnectionError)) and passes_through(tb, "multiprocessing/resource_sharer.py")):
-            previous(kind, err, tb)
+        if issubclass(kind, (EOFError, ConnectionError)) and passes_through(tb, "multiprocessing/resource_sharer.py"):
+            return
+        previous(kind, err, tb)
 
     sys.excepthook = hook
 

@@ -5,7 +5,6 @@ learned gate trains in an Adam group of its own, whose lr is --gate_lr_mult time
 """
 from __future__ import annotations
 
-
 import torch
 
 from dsrnet.train.config import TrainConfig
