@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -127,26 +127,37 @@ def torchrun():
     return run
 
 
+def write_pack(path: Path, hrs: Iterable[np.ndarray], scales: Sequence[int] = (2,)) -> Path:
+    """A training file in div2h5's layout: each HR image as ``HR/k`` (k from 0), its MATLAB-bicubic LR as
+    ``X{s}/k``."""
+    with h5py.File(path, "w") as f:
+        for k, hr in enumerate(hrs):
+            f[f"HR/{k}"] = hr
+            for s in scales:
+                f[f"X{s}/{k}"] = imresize(hr, 1 / s)
+    return path
+
+
+def write_valid_set(root: Path, hrs: Iterable[np.ndarray], scales: Sequence[int] = (2,)) -> Path:
+    """A SelfExSR-style test set: ``image_SRF_{s}/img_{k:03d}_SRF_{s}_HR.png`` (k from 1) and its LR partner."""
+    for k, hr in enumerate(hrs, 1):
+        for s in scales:
+            write_image(root / f"image_SRF_{s}" / f"img_{k:03d}_SRF_{s}_HR.png", hr)
+            write_image(root / f"image_SRF_{s}" / f"img_{k:03d}_SRF_{s}_LR.png", imresize(hr, 1 / s))
+    return root
+
+
 @pytest.fixture(scope="session")
 def x2_pack(tmp_path_factory) -> Path:
     """Three 40x40 noise HR images with their x2 LR, in div2h5's layout: a training file for tiny runs."""
-    path = tmp_path_factory.mktemp("x2_pack") / "tiny.h5"
     rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for k in range(3):
-            hr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-            f[f"HR/{k}"] = hr
-            f[f"X2/{k}"] = imresize(hr, 1 / 2)
-    return path
+    return write_pack(tmp_path_factory.mktemp("x2_pack") / "tiny.h5",
+                      (rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(3)))
 
 
 @pytest.fixture(scope="session")
 def x2_valid(tmp_path_factory) -> Path:
     """A two-image SelfExSR-style x2 validation set of 24x24 noise HR images."""
-    root = tmp_path_factory.mktemp("x2_valid") / "Tiny"
     rng = np.random.default_rng(1)
-    for k in (1, 2):
-        hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_HR.png", hr)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_LR.png", imresize(hr, 1 / 2))
-    return root
+    return write_valid_set(tmp_path_factory.mktemp("x2_valid") / "Tiny",
+                           (rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) for _ in range(2)))

@@ -11,14 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 import sample
+from conftest import write_pack
 from dsrnet.data.images import read_image, write_image
-from dsrnet.data.imresize import imresize
 from dsrnet.errors import InputError
 from dsrnet.train.schedule import get_gate_tau
 from model import GATE_MODES, GateRouter, Net, load_checkpoint, read_checkpoint
@@ -56,16 +55,13 @@ def varied_batch(n: int = 6, size: int = 12, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def tiny_h5(tmp_path_factory) -> Path:
     """Four 64x64 training images in the div2h5 layout (x2)."""
-    path = tmp_path_factory.mktemp("gate_data") / "tiny.h5"
     rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for k in range(4):
-            yy, xx = np.mgrid[0:64, 0:64] / 64
-            img = np.stack([np.sin((xx * (k + 1) + yy * (c + 1)) * 5) for c in range(3)], -1) * 90 + 128
-            hr = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
-            f[f"HR/{k}"] = hr
-            f[f"X2/{k}"] = imresize(hr, 0.5)
-    return path
+    yy, xx = np.mgrid[0:64, 0:64] / 64
+
+    def image(k: int) -> np.ndarray:
+        img = np.stack([np.sin((xx * (k + 1) + yy * (c + 1)) * 5) for c in range(3)], -1) * 90 + 128
+        return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    return write_pack(tmp_path_factory.mktemp("gate_data") / "tiny.h5", (image(k) for k in range(4)))
 
 
 def make(h5: Path, ckpt_dir: Path, *args: str) -> Solver:

@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from dsrnet.data.imresize import imresize
+from conftest import write_pack
 from dsrnet.errors import InputError
 from dsrnet.train.distributed import init_distributed
 
@@ -37,14 +36,8 @@ pytestmark = pytest.mark.skipif(not LINUX_LOOPBACK, reason="needs Linux's loopba
 @pytest.fixture
 def tiny_h5(tmp_path: Path) -> Path:
     """Four 32x32 noise images in the div2h5 layout (x2)."""
-    path = tmp_path / "tiny.h5"
     rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for k in range(4):
-            hr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            f[f"HR/{k}"] = hr
-            f[f"X2/{k}"] = imresize(hr, 0.5)
-    return path
+    return write_pack(tmp_path / "tiny.h5", (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)))
 
 
 def free_ports(n: int) -> list[int]:

@@ -13,15 +13,13 @@ import csv
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import sample
-from dsrnet.data.images import write_image
-from dsrnet.data.imresize import imresize
+from conftest import write_pack, write_valid_set
 from dsrnet.data.layouts import find_test_set
 from dsrnet.evaluation import evaluate_set
 from dsrnet.metrics import luma
@@ -44,26 +42,15 @@ def _smooth(size: int, k: int, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory) -> Path:
     """Three 40x40 HR images with their x2 LR, in div2h5's layout."""
-    path = tmp_path_factory.mktemp("recipe_pack") / "tiny.h5"
     rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for k in range(3):
-            hr = _smooth(40, k, rng)
-            f[f"HR/{k}"] = hr
-            f[f"X2/{k}"] = imresize(hr, 1 / 2)
-    return path
+    return write_pack(tmp_path_factory.mktemp("recipe_pack") / "tiny.h5", (_smooth(40, k, rng) for k in range(3)))
 
 
 @pytest.fixture(scope="module")
 def valid(tmp_path_factory) -> Path:
     """A two-image SelfExSR-style x2 validation set of 24x24 HR images."""
-    root = tmp_path_factory.mktemp("recipe_valid") / "Tiny"
     rng = np.random.default_rng(1)
-    for k in (1, 2):
-        hr = _smooth(24, k + 4, rng)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_HR.png", hr)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_LR.png", imresize(hr, 1 / 2))
-    return root
+    return write_valid_set(tmp_path_factory.mktemp("recipe_valid") / "Tiny", (_smooth(24, k + 4, rng) for k in (1, 2)))
 
 
 def make(pack: Path, ckpt_dir: Path, *args: str) -> Solver:

@@ -17,15 +17,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 import dsrnet.train.checkpoints as checkpoints
 import solver as solver_module
-from dsrnet.data.images import write_image
-from dsrnet.data.imresize import imresize
+from conftest import write_pack, write_valid_set
 from dsrnet.errors import InputError
 from model import read_checkpoint
 from solver import Solver, parse_args
@@ -38,26 +36,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _pack(path: Path, seed: int, n: int = 3) -> Path:
     rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        for k in range(n):
-            hr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-            f[f"HR/{k}"] = hr
-            f[f"X2/{k}"] = imresize(hr, 1 / 2)
-    return path
+    return write_pack(path, (rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(n)))
 
 
 def _valid_set(root: Path, smooth: bool) -> Path:
     """Two 24x24 x2 pairs: smooth ramps (a high PSNR) or noise (a low one)."""
     rng = np.random.default_rng(7)
-    for k in (1, 2):
+    yy, xx = np.mgrid[0:24, 0:24]
+
+    def image(k: int) -> np.ndarray:
         if smooth:
-            yy, xx = np.mgrid[0:24, 0:24]
-            hr = np.stack([(xx * 4 + yy * 3 + 40 * c + 20 * k) % 200 + 20 for c in range(3)], -1).astype(np.uint8)
-        else:
-            hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_HR.png", hr)
-        write_image(root / "image_SRF_2" / f"img_00{k}_SRF_2_LR.png", imresize(hr, 1 / 2))
-    return root
+            return np.stack([(xx * 4 + yy * 3 + 40 * c + 20 * k) % 200 + 20 for c in range(3)], -1).astype(np.uint8)
+        return rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    return write_valid_set(root, (image(k) for k in (1, 2)))
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,12 @@ import sample
 import dsrnet.train.validation as validation_module
 import dsrnet.upscale as upscale_module
 import solver as solver_module
-from dsrnet.data.images import write_image
-from dsrnet.data.imresize import imresize
+from conftest import write_pack, write_valid_set
 from dsrnet.data.train_data import StepSampler
 from dsrnet.errors import InputError
 from dsrnet.train.rng import capture_rng_states, restore_rng_states
 from dsrnet.train.schedule import get_lr
-from model import load_checkpoint, read_checkpoint
+from model import SCALES, load_checkpoint, read_checkpoint
 from model.precision import bf16_supported, memory_format_of
 from solver import Solver, parse_args
 
@@ -53,20 +52,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
     """A 4-image training file in the div2h5 layout and a 2-image SelfExSR-style validation set."""
     root = tmp_path_factory.mktemp("train_data")
     rng = np.random.default_rng(0)
-    h5 = root / "tiny.h5"
-    with h5py.File(h5, "w") as f:
-        groups = {g: f.create_group(g) for g in ("HR", "X2", "X3", "X4")}
-        for k in range(4):
-            hr = _image(rng, 96, k)
-            groups["HR"][str(k)] = hr
-            for s in (2, 3, 4):
-                groups[f"X{s}"][str(k)] = imresize(hr, 1 / s)
-    valid = root / "Tiny"
-    for k in range(2):
-        hr = _image(rng, 48, k + 5)
-        for s in (2, 3, 4):
-            write_image(valid / f"image_SRF_{s}" / f"img_00{k + 1}_SRF_{s}_HR.png", hr)
-            write_image(valid / f"image_SRF_{s}" / f"img_00{k + 1}_SRF_{s}_LR.png", imresize(hr, 1 / s))
+    h5 = write_pack(root / "tiny.h5", (_image(rng, 96, k) for k in range(4)), SCALES)
+    valid = write_valid_set(root / "Tiny", (_image(rng, 48, k + 5) for k in range(2)), SCALES)
     return {"h5": h5, "valid": valid}
 
 
