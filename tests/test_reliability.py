@@ -11,8 +11,10 @@ import os
 import signal
 import socket
 import stat
+import inspect
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 from dsrnet.cli import run_cli
 from dsrnet.data.images import write_image
 from dsrnet.data.pack import pack_hr_folder
+from dsrnet.data.train_data import step_loader
 from dsrnet.errors import InputError
 from dsrnet.files import atomic_write_bytes, stale_temps
 from dsrnet.train.run_lock import LOCK_NAME, RunLock
@@ -389,36 +392,50 @@ def test_no_error_leaves_the_process_waiting_on_its_workers(error, where, code, 
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-ABANDONED_HANDOVER = """
-import os, socket, sys, time
-from multiprocessing import resource_sharer
-from dsrnet.stopping import data_worker_init
+def hang_up_on_the_resource_sharer() -> None:
+    """Do to this process what the main process does to a worker when it stops mid-fetch: offer a file
+    descriptor through multiprocessing's resource sharer (as a worker does for each batch), connect to it and
+    hang up mid-handshake. Self-contained, so that a subprocess can run its source."""
+    import os
+    import socket
+    import time
+    from multiprocessing import resource_sharer
 
-if sys.argv[1] == "worker":
-    data_worker_init(0)
-read_end, _ = os.pipe()
-resource_sharer.DupFd(read_end)  # a batch's file descriptor offered: this process's sharer starts listening
-reader = socket.socket(socket.AF_UNIX)
-reader.connect(resource_sharer._resource_sharer._address)
-reader.close()  # the main process gave up mid-handshake
-time.sleep(1)
-if sys.argv[1] == "worker":
-    sys.excepthook(ValueError, ValueError("a worker's own error"), None)
-"""
+    read_end, _ = os.pipe()
+    resource_sharer.DupFd(read_end)  # this process's sharer starts listening
+    reader = socket.socket(socket.AF_UNIX)
+    reader.connect(resource_sharer._resource_sharer._address)
+    reader.close()
+    time.sleep(1)  # time for the sharer's thread to report the hang-up
 
 
-@pytest.mark.parametrize("process", ["plain", "worker"])
-def test_a_data_worker_keeps_quiet_about_a_handover_the_main_process_abandoned(process):
-    """When the main process stops while fetching a batch (another worker was killed), the worker whose
-    connection it dropped must not print a traceback above the main process's one-line error. Without the
-    worker's init, multiprocessing prints one; an error of the worker's own still reaches stderr."""
-    proc = subprocess.run([sys.executable, "-c", ABANDONED_HANDOVER, process], cwd=ROOT, text=True,
-                          capture_output=True, timeout=60)
+def test_an_abandoned_handover_prints_a_traceback_in_a_plain_process():
+    """What the training loader's workers must not do: multiprocessing reports the hang-up with a traceback."""
+    script = textwrap.dedent(inspect.getsource(hang_up_on_the_resource_sharer)) + "hang_up_on_the_resource_sharer()\n"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, text=True, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    if process == "plain":
-        assert "multiprocessing/resource_sharer.py" in proc.stderr and "Traceback" in proc.stderr
-    else:
-        assert "resource_sharer" not in proc.stderr and "a worker's own error" in proc.stderr, proc.stderr
+    assert "multiprocessing/resource_sharer.py" in proc.stderr and "Traceback" in proc.stderr
+
+
+class WorkerProbe(torch.utils.data.Dataset):
+    """Each sample: whether the worker ignores SIGINT and SIGTERM, after a handover abandoned and an error of
+    the worker's own reported."""
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        hang_up_on_the_resource_sharer()
+        sys.excepthook(ValueError, ValueError("a worker's own error"), None)
+        return torch.tensor([signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)])
+
+
+def test_the_training_loaders_workers_ignore_stop_signals_and_abandoned_handovers(capfd):
+    """A worker of the training loader keeps running on Ctrl-C (the main process finishes the step), and
+    when the main process stops while fetching a batch (another worker was killed), the worker whose
+    connection it dropped prints no traceback above the main process's one-line error; an error of the
+    worker's own still reaches stderr."""
+    (ignored,) = list(step_loader(WorkerProbe(), 0, 1, 1, 0, 1, num_workers=1, seed=0, pin_memory=False))
+    err = capfd.readouterr().err
+    assert ignored.all().item()
+    assert "resource_sharer" not in err and "a worker's own error" in err, err
 
 
 DEATH_IN_A_FINALIZER = """
